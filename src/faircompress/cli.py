@@ -1,0 +1,197 @@
+"""The `faircompress` command line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .config import ConfigError, load_config
+from .store import ResultStore, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="What does model compression do to the fairness of a FER model?")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate, inspect.")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="study config (YAML); default: the built-in synthetic study"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (overrides output_dir)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)"),
+) -> None:
+    """Run a study; finished runs already in the study directory are skipped."""
+    overrides = {}
+    if out is not None:
+        overrides["output_dir"] = str(out)
+    if device is not None:
+        overrides["train.device"] = device
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+    from .study import plan, run_study
+
+    console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
+    try:
+        with _RichHooks(cfg.train.epochs) as hooks:
+            report = run_study(cfg, hooks)
+    except StoreError as e:
+        _fail(str(e))
+    console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
+    _show(Path(cfg.output_dir))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)")) -> None:
+    """Print a study's results tables."""
+    try:
+        _show(study_dir)
+    except StoreError as e:
+        _fail(str(e))
+
+
+def _pct(x: object) -> str:
+    return "–" if x is None or x != x else f"{100 * float(x):.2f}%"
+
+
+def _show(study_dir: Path) -> None:
+    from .report.tables import LEAK_NOTE, runs_table
+
+    store = ResultStore.open_existing(study_dir)
+    try:
+        table = runs_table(store)
+        groups = store.group_metrics()
+    finally:
+        store.close()
+    if table.empty:
+        console.print(f"{study_dir}: no runs yet")
+        return
+    attrs = list(dict.fromkeys(groups["attribute"])) if not groups.empty else []
+    t = Table(title=f"{study_dir}: runs", title_justify="left")
+    for col in ["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]]:
+        t.add_column(col, justify="right" if col not in ("run", "status", "selection") else "left")
+    for _, r in table.iterrows():
+        sel = f"[yellow]{r['selection']}[/]" if r["selection"] == LEAK_NOTE else str(r["selection"] or "")
+        status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {str(r['error']).splitlines()[0]}"
+        t.add_row(r["label"], status, sel, _pct(r["accuracy"]), *[_pct(r.get(f"gap:{a}")) for a in attrs])
+    console.print(t)
+    for attr in attrs:
+        cols = [c for c in table.columns if c.startswith(f"{attr}:")]
+        counts = groups[groups["attribute"] == attr].groupby("grp")["count"].first()
+        ta = Table(title=f"accuracy by {attr}", title_justify="left")
+        ta.add_column("run")
+        for c in cols:
+            g = c.split(":", 1)[1]
+            ta.add_column(f"{g} (n={counts.get(g, 0)})", justify="right")
+        for _, r in table.iterrows():
+            if r["status"] == "finished":
+                ta.add_row(r["label"], *[_pct(r[c]) for c in cols])
+        console.print(ta)
+
+
+class _RichHooks:
+    """Rich progress for a study: one bar for the current epoch, one line per finished epoch/run."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> "_RichHooks":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def run_started(self, spec, index: int, total: int) -> None:
+        console.print(f"[bold cyan]▶ {spec.label}[/]  ({index + 1}/{total} to run, id {spec.run_id})")
+
+    def run_skipped(self, spec) -> None:
+        console.print(f"[dim]✓ {spec.label}: finished earlier, skipped[/]")
+
+    def run_finished(self, spec, result) -> None:
+        self._drop_task()
+        console.print(f"[green]✓ {spec.label}[/]: test accuracy {_pct(result.metrics['accuracy'])}")
+
+    def run_failed(self, spec, error: str) -> None:
+        self._drop_task()
+        console.print(f"[red]✗ {spec.label}[/]: {error}")
+
+    def batch(self, epoch: int, done: int, total: int) -> None:
+        desc = f"epoch {epoch}/{self.epochs}"
+        if self.task is None:
+            self.task = self.progress.add_task(desc, total=total)
+        self.progress.update(self.task, completed=done, total=total, description=desc)
+
+    def epoch(self, log) -> None:
+        console.print(
+            f"  epoch {log.epoch:>3}  loss {log.train_loss:.3f} acc {_pct(log.train_acc)} | "
+            f"select loss {log.sel_loss:.3f} acc {_pct(log.sel_acc)} | lr {log.lr:.0e} {log.seconds:.1f}s",
+            highlight=False,
+        )
+
+    def _drop_task(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", "-o", help="folder for PNG files and labels.csv"),
+    params: Optional[Path] = typer.Option(None, "--params", help="YAML of synthetic dataset parameters"),
+    seed: Optional[int] = typer.Option(None, help="generator seed"),
+    image_size: Optional[int] = typer.Option(None, help="side in pixels (default 48)"),
+    rgb: Optional[bool] = typer.Option(None, "--rgb/--gray", help="colour or grayscale"),
+    classes: Optional[str] = typer.Option(None, help="ckplus (8 classes) or rafdb (7)"),
+) -> None:
+    """Write the synthetic FER benchmark as PNG files plus a CSV of labels and attributes."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .config import _nested
+    from .data.synthetic import SyntheticParams, generate
+    from .data.export import write_image_folder
+
+    raw: dict = {}
+    if params is not None:
+        try:
+            raw = yaml.safe_load(params.read_text(encoding="utf-8-sig")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            _fail(f"{params}: cannot read parameters ({e})")
+    for key, val in {"seed": seed, "image_size": image_size, "rgb": rgb, "classes": classes}.items():
+        if val is not None:
+            raw[key] = val
+    try:
+        p = SyntheticParams.model_validate(raw)
+    except ValidationError as e:
+        _fail(f"{params or 'options'}: invalid synthetic parameters: {_nested(e)}")
+    ds = generate(p)
+    try:
+        n = write_image_folder(ds, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write ({e.strerror or e})")
+    console.print(f"wrote {n} images and labels.csv to {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,187 @@
+"""Study configuration: YAML validated by strict pydantic models.
+
+Unknown keys, wrong types and impossible values are errors that name the field (and the YAML line).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .data.registry import DATASETS, _import_builtin_sources
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the file, line and field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Strict):
+    name: str = "synthetic"
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the loader's parameters")
+    cache: bool = Field(True, description="cache the prepared dataset as .npz")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        _import_builtin_sources()
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r} (known: {', '.join(DATASETS.names())})")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _validate_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:  # the name itself was invalid and is reported on its own
+            return v
+        _import_builtin_sources()
+        try:
+            # normalise to the loader's full parameter set so identity hashes are stable
+            return DATASETS.get(name).params.model_validate(v).model_dump(mode="json")
+        except ValidationError as e:
+            raise ValueError(_nested(e)) from None
+
+
+class ModelConfig(Strict):
+    name: str = "paper_cnn"
+    params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model")
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> "ModelConfig":
+        from .models import MODELS
+
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r} (known: {', '.join(MODELS.names())})")
+        sig = inspect.signature(MODELS.get(self.name))
+        fixed = {"in_channels", "num_classes", "input_size"}
+        allowed = set(sig.parameters) - fixed
+        for key in self.params:
+            if key not in allowed:
+                raise ValueError(f"unknown parameter {key!r} for model {self.name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        return self
+
+
+class TrainConfig(Strict):
+    """The paper's recipe by default (DESIGN.md §2)."""
+
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(5e-4, gt=0, le=1)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    selection: Literal["val", "test"] = Field(
+        "val", description="split that picks the best epoch; 'test' is the authors' protocol and leaks test data"
+    )
+    augment_flip: bool = True
+    augment_rotation_deg: float = Field(10.0, ge=0, le=180)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check_lr(self) -> "TrainConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        return self
+
+
+class StudyConfig(Strict):
+    name: str = "synthetic"
+    output_dir: Path = Field(Path("runs/synthetic"), description="study directory: results.sqlite and artefacts")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], description="one baseline is trained per seed")
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one seed is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        return v
+
+
+# ----------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Load a study config from YAML (or the built-in default when ``path`` is None)."""
+    raw: dict[str, Any] = {}
+    root = None
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        try:
+            root = yaml.compose(text)
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of fields")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path, root)) from None
+
+
+def _describe(err: ValidationError, path: Path | None, root: yaml.Node | None) -> str:
+    where = str(path) if path else "config"
+    lines = [f"{where}: invalid config"]
+    for item in err.errors():
+        loc = [str(x) for x in item["loc"]]
+        field = ".".join(loc) or "(top level)"
+        line = _line_of(root, item["loc"])
+        at = f" (line {line})" if line else ""
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {field}{at}: {msg}")
+    return "\n".join(lines)
+
+
+def _nested(err: ValidationError) -> str:
+    """One line per error of a nested model, as 'sub.field: message'."""
+    parts = []
+    for item in err.errors():
+        field = ".".join(str(x) for x in item["loc"]) or "(top level)"
+        msg = "unknown field" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based YAML line of the deepest node along ``loc`` that exists."""
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,60 @@
+"""Datasets by name. A loader is one module that registers a `DatasetSource`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel
+
+from ..registry import Registry
+from .dataset import FaceDataset
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    params: type[BaseModel]                      # strict pydantic model of the loader's parameters
+    load: Callable[[BaseModel], FaceDataset]     # builds the dataset from its parameters
+    fingerprint: Callable[[BaseModel], str] | None = None  # extra cache key (e.g. source file list)
+    version: str = "1"                           # bump when the loader's output changes
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FAIRCOMPRESS_CACHE", Path.home() / ".cache" / "faircompress"))
+
+
+def cache_key(name: str, params: BaseModel) -> str:
+    source = DATASETS.get(name)
+    blob = {"name": name, "version": source.version, "params": params.model_dump(mode="json")}
+    if source.fingerprint is not None:
+        blob["fingerprint"] = source.fingerprint(params)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None) -> FaceDataset:
+    """Load a registered dataset, reusing a cached ``.npz`` when its key matches."""
+    _import_builtin_sources()
+    source = DATASETS.get(name)
+    if not isinstance(params, source.params):
+        params = source.params.model_validate(params or {})
+    if cache_dir is None:
+        return source.load(params)
+    path = Path(cache_dir) / f"{name}-{cache_key(name, params)}.npz"
+    if path.exists():
+        try:
+            return FaceDataset.load_npz(path)
+        except Exception:  # a torn or stale cache file is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    ds = source.load(params)
+    ds.save_npz(path)
+    return ds
+
+
+def _import_builtin_sources() -> None:
+    from . import synthetic  # noqa: F401  (registers itself)

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from ..registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, input_size: int, **params: Any) -> nn.Module:
+    """Build a registered model for inputs of ``in_channels`` x ``input_size`` x ``input_size``."""
+    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, input_size=input_size, **params)

@@ -1,0 +1,191 @@
+"""The results store: one SQLite file per study directory.
+
+A run is keyed by the identity hash of everything that determines it. A finished run (its metrics,
+group metrics, epoch history and predictions) is written in one transaction, so a study killed at
+any point holds each run either complete or not at all, and re-running it skips finished runs.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    study TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    label TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_at REAL, finished_at REAL,
+    timings_json TEXT, device TEXT, precision TEXT, selection TEXT,
+    versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (run_id, name));
+CREATE TABLE IF NOT EXISTS class_metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), class TEXT NOT NULL, count INTEGER, recall REAL,
+    PRIMARY KEY (run_id, class));
+CREATE TABLE IF NOT EXISTS group_metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), attribute TEXT NOT NULL, grp TEXT NOT NULL,
+    count INTEGER, accuracy REAL, PRIMARY KEY (run_id, attribute, grp));
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, train_loss REAL, train_acc REAL,
+    sel_loss REAL, sel_acc REAL, lr REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), sample INTEGER NOT NULL, y_true INTEGER NOT NULL,
+    y_pred INTEGER NOT NULL, PRIMARY KEY (run_id, sample)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    dataset_key TEXT NOT NULL, sample INTEGER NOT NULL, subject TEXT, label INTEGER,
+    attributes_json TEXT, PRIMARY KEY (dataset_key, sample)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_key TEXT PRIMARY KEY, name TEXT, class_names_json TEXT, attribute_groups_json TEXT);
+"""
+_CHILD_TABLES = ("metrics", "class_metrics", "group_metrics", "epochs", "predictions")
+
+
+class StoreError(Exception):
+    """The results store cannot be opened or used; the message says why and where."""
+
+
+@dataclass
+class RunResult:
+    """Everything a finished run writes, in one transaction."""
+
+    metrics: dict[str, float]
+    class_metrics: pd.DataFrame   # class, count, recall
+    group_metrics: pd.DataFrame   # attribute, group, count, accuracy
+    epochs: list[dict[str, float]]
+    sample_ids: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    timings: dict[str, float]
+    device: str = ""
+    precision: str = ""
+    selection: str = ""
+    artefact: str = ""
+
+
+class ResultStore:
+    FILENAME = "results.sqlite"
+
+    def __init__(self, study_dir: str | Path) -> None:
+        self.path = Path(study_dir) / self.FILENAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            if self.conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            self.conn.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a usable results store ({e}); move it aside to start afresh") from None
+        except OSError as e:
+            raise StoreError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
+
+    @classmethod
+    def open_existing(cls, study_dir: str | Path) -> "ResultStore":
+        path = Path(study_dir) / cls.FILENAME
+        if not path.is_file():
+            raise StoreError(f"{study_dir}: no results store here (expected {path})")
+        return cls(study_dir)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # --- runs ------------------------------------------------------------
+    def status(self, run_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def start_run(self, run_id: str, *, study: str, kind: str, label: str, seed: int, config: dict[str, Any],
+                  versions: dict[str, str], git_commit: str) -> None:
+        """Mark a run as running (a retry of an unfinished or failed run clears its partial rows)."""
+        with self.transaction() as c:
+            for table in _CHILD_TABLES:
+                c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            c.execute(
+                """INSERT INTO runs (run_id, study, kind, label, seed, config_json, status, attempts, started_at,
+                                     versions_json, git_commit)
+                   VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)
+                   ON CONFLICT(run_id) DO UPDATE SET status='running', attempts=attempts+1, started_at=excluded.started_at,
+                       config_json=excluded.config_json, versions_json=excluded.versions_json,
+                       git_commit=excluded.git_commit, error=NULL, finished_at=NULL""",
+                (run_id, study, kind, label, seed, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit),
+            )
+
+    def finish_run(self, run_id: str, r: RunResult) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT INTO metrics VALUES (?, ?, ?)", [(run_id, k, float(v)) for k, v in r.metrics.items()])
+            c.executemany("INSERT INTO class_metrics VALUES (?, ?, ?, ?)",
+                          [(run_id, row["class"], int(row["count"]), float(row["recall"])) for _, row in r.class_metrics.iterrows()])
+            c.executemany("INSERT INTO group_metrics VALUES (?, ?, ?, ?, ?)",
+                          [(run_id, row["attribute"], row["group"], int(row["count"]), float(row["accuracy"])) for _, row in r.group_metrics.iterrows()])
+            c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["sel_loss"], e["sel_acc"], e["lr"], e["seconds"]) for e in r.epochs])
+            c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?)",
+                          zip([run_id] * len(r.sample_ids), r.sample_ids.tolist(), r.y_true.tolist(), r.y_pred.tolist()))
+            c.execute(
+                """UPDATE runs SET status='finished', finished_at=?, timings_json=?, device=?, precision=?, selection=?,
+                   artefact=?, error=NULL WHERE run_id=?""",
+                (time.time(), json.dumps(r.timings), r.device, r.precision, r.selection, r.artefact, run_id),
+            )
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?", (time.time(), error, run_id))
+
+    # --- datasets (so analysis needs no reload of the images) -------------
+    def record_samples(self, dataset_key: str, name: str, class_names: list[str], attribute_groups: dict[str, list[str]],
+                       sample_ids: np.ndarray, subjects: np.ndarray, labels: np.ndarray, attributes: dict[str, np.ndarray]) -> None:
+        if self.conn.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (dataset_key,)).fetchone():
+            return
+        rows = [
+            (dataset_key, int(i), str(subjects[j]), int(labels[j]), json.dumps({a: int(v[j]) for a, v in attributes.items()}))
+            for j, i in enumerate(sample_ids)
+        ]
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+            c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?)", (dataset_key, name, json.dumps(class_names), json.dumps(attribute_groups)))
+
+    # --- reading ------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM metrics", self.conn)
+
+    def group_metrics(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM group_metrics", self.conn)
+
+    def class_metrics(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM class_metrics", self.conn)
+
+    def predictions(self, run_id: str) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT sample, y_true, y_pred FROM predictions WHERE run_id=? ORDER BY sample", self.conn, params=(run_id,))

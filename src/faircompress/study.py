@@ -1,0 +1,165 @@
+"""A study: the grid of runs one config describes, executed resumably into a results store."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import StudyConfig
+from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
+from .store import ResultStore, RunResult
+
+PROTOCOL_VERSION = 1  # bump when a change makes old results incomparable
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    kind: str          # "baseline" (compression variants come later)
+    label: str
+    seed: int
+    identity: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def plan(cfg: StudyConfig) -> list[RunSpec]:
+    """Every run the study needs, in execution order."""
+    train = cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"})  # do not change results
+    base = {
+        "protocol": PROTOCOL_VERSION,
+        "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache"}),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": train,
+    }
+    return [RunSpec("baseline", f"baseline seed={s}", s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
+
+
+def package_versions() -> dict[str, str]:
+    import fairlearn
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return {"faircompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "fairlearn": fairlearn.__version__}
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class StudyReport:
+    ran: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+
+
+class Hooks:
+    """Progress callbacks; the CLI fills these with rich output, tests leave them quiet."""
+
+    def run_started(self, spec: RunSpec, index: int, total: int) -> None: ...
+    def run_skipped(self, spec: RunSpec) -> None: ...
+    def run_finished(self, spec: RunSpec, result: RunResult) -> None: ...
+    def run_failed(self, spec: RunSpec, error: str) -> None: ...
+    def batch(self, epoch: int, done: int, total: int) -> None: ...
+    def epoch(self, log: Any) -> None: ...
+
+
+def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
+    """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
+    import torch  # noqa: F401  (training stack is imported only when a study runs)
+
+    from .evaluate.metrics import evaluate_predictions
+    from .models import build_model
+    from .train import fit, load_checkpoint, predict, resolve_device, save_checkpoint
+
+    hooks = hooks or Hooks()
+    out = Path(cfg.output_dir)
+    store = ResultStore(out)
+    tmp = out / "config.yaml.tmp"
+    tmp.write_text(_dump(cfg))
+    tmp.replace(out / "config.yaml")
+    specs = plan(cfg)
+    todo = [s for s in specs if store.status(s.run_id) != "finished"]
+    report = StudyReport(ran=[], skipped=[s.run_id for s in specs if s not in todo], failed={})
+    for s in specs:
+        if s not in todo:
+            hooks.run_skipped(s)
+    if not todo:
+        store.close()
+        return report
+
+    ds_params = DATASETS.get(cfg.dataset.name).params.model_validate(cfg.dataset.params)
+    data = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
+    ds_key = cache_key(cfg.dataset.name, ds_params)
+    test = data.indices("test")
+    store.record_samples(ds_key, data.name, data.class_names, data.attribute_groups, test, data.subjects[test],
+                         data.labels[test], {a: v[test] for a, v in data.attributes.items()})
+    versions, commit = package_versions(), git_commit()
+
+    for i, spec in enumerate(todo):
+        hooks.run_started(spec, i, len(todo))
+        store.start_run(spec.run_id, study=cfg.name, kind=spec.kind, label=spec.label, seed=spec.seed,
+                        config=cfg.model_dump(mode="json"), versions=versions, git_commit=commit)
+        art = out / "runs" / spec.run_id
+        try:
+            t0 = time.perf_counter()
+            model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
+                                input_size=data.image_size[0], **cfg.model.params)
+            ckpt = art / "model.safetensors"
+            if ckpt.exists():  # trained before an interruption: reuse, do not retrain
+                load_checkpoint(model, ckpt)
+                fitres = None
+            else:
+                fitres = fit(model, data, cfg.train, spec.seed, state_path=art / "train_state.safetensors",
+                             on_batch=hooks.batch, on_epoch=hooks.epoch)
+                save_checkpoint(model, ckpt, {"run_id": spec.run_id, "config": json.dumps(spec.identity)})
+                (art / "train_state.safetensors").unlink(missing_ok=True)
+            t1 = time.perf_counter()
+            device = resolve_device(cfg.train.device)
+            y_pred = predict(model.to(device), data.images[test], cfg.train.eval_batch_size, device)
+            ev = evaluate_predictions(data.labels[test], y_pred, data.class_names,
+                                      {a: v[test] for a, v in data.attributes.items()}, data.attribute_groups)
+            metrics = ev.scalars() | ({"best_epoch": fitres.best_epoch, "best_sel_acc": fitres.best_sel_acc} if fitres else {})
+            result = RunResult(
+                metrics=metrics, class_metrics=ev.per_class, group_metrics=ev.groups,
+                epochs=[vars(h) for h in fitres.history] if fitres else [],
+                sample_ids=test, y_true=data.labels[test], y_pred=y_pred,
+                timings={"train_s": t1 - t0, "eval_s": time.perf_counter() - t1},
+                device=str(device), precision=fitres.precision if fitres else "", selection=cfg.train.selection,
+                artefact=str(ckpt.relative_to(out)),
+            )
+            store.finish_run(spec.run_id, result)
+            report.ran.append(spec.run_id)
+            hooks.run_finished(spec, result)
+        except Exception as e:  # a failed run is recorded; the study carries on
+            msg = f"{type(e).__name__}: {e}"
+            store.fail_run(spec.run_id, msg + "\n" + traceback.format_exc(limit=8))
+            report.failed[spec.run_id] = msg
+            hooks.run_failed(spec, msg)
+    store.close()
+    return report
+
+
+def _dump(cfg: StudyConfig) -> str:
+    from .config import dump_config
+
+    return dump_config(cfg)
