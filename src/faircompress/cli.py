@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -90,6 +90,10 @@ def _show(study_dir: Path) -> None:
         status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {str(r['error']).splitlines()[0]}"
         t.add_row(r["label"], status, sel, _pct(r["accuracy"]), *[_pct(r.get(f"gap:{a}")) for a in attrs])
     console.print(t)
+    if (table["selection"] == LEAK_NOTE).any():
+        console.print(
+            "[yellow]warning: runs marked 'selected on test' chose their checkpoint on the test set (the authors' "
+            "protocol): their test accuracies are optimistic because selection leaks test data.[/]", soft_wrap=True)
     for attr in attrs:
         cols = [c for c in table.columns if c.startswith(f"{attr}:")]
         counts = groups[groups["attribute"] == attr].groupby("grp")["count"].first()
@@ -195,3 +199,7 @@ def data_synth(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -85,7 +85,7 @@ class Hooks:
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
-    import torch  # noqa: F401  (training stack is imported only when a study runs)
+    import torch  # the training stack is imported only when a study runs
 
     from .evaluate.metrics import evaluate_predictions
     from .models import build_model
@@ -122,6 +122,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
         art = out / "runs" / spec.run_id
         try:
             t0 = time.perf_counter()
+            torch.manual_seed(spec.seed)  # the seed fixes the initial weights too
             model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
                                 input_size=data.image_size[0], **cfg.model.params)
             ckpt = art / "model.safetensors"

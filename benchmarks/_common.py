@@ -1,0 +1,50 @@
+"""Shared helpers for the benchmarks: run a study quietly, read back per-seed predictions."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from faircompress.config import load_config  # noqa: E402
+from faircompress.store import ResultStore  # noqa: E402
+from faircompress.study import run_study  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
+
+
+class PrintHooks:
+    def run_started(self, spec, i, n): print(f"  training {spec.label} ...", flush=True)
+    def run_skipped(self, spec): print(f"  {spec.label}: finished earlier, reused", flush=True)
+    def run_finished(self, spec, r): print(f"  {spec.label}: test accuracy {r.metrics['accuracy']:.4f} ({r.precision}, {r.timings['train_s']:.0f}s)", flush=True)
+    def run_failed(self, spec, e): print(f"  {spec.label}: FAILED {e}", flush=True)
+    def batch(self, *a): pass
+    def epoch(self, log): pass
+
+
+def run(name: str, overrides: dict) -> dict:
+    """Run (or reuse) a study and return per-seed predictions with subjects and attributes."""
+    cfg = load_config(None, {"output_dir": str(BENCH_DIR / name), "name": name, **overrides})
+    print(f"[{name}]", flush=True)
+    report = run_study(cfg, PrintHooks())
+    if report.failed:
+        raise SystemExit(f"{name}: runs failed: {report.failed}")
+    store = ResultStore.open_existing(cfg.output_dir)
+    runs = store.runs()
+    runs = runs[runs.status == "finished"].sort_values("seed")
+    preds = [store.predictions(r) for r in runs.run_id]
+    samples = store.conn.execute("SELECT sample, subject, attributes_json FROM samples ORDER BY sample").fetchall()
+    groups = json.loads(store.conn.execute("SELECT attribute_groups_json FROM datasets").fetchone()[0])
+    store.close()
+    sample_ids = preds[0]["sample"].to_numpy()
+    info = {s: (subj, json.loads(a)) for s, subj, a in samples}
+    return {
+        "precision": list(runs.precision),
+        "correct": np.stack([(p.y_true == p.y_pred).to_numpy() for p in preds]),  # (seeds, N)
+        "subjects": np.array([info[s][0] for s in sample_ids]),
+        "attr": {a: np.array([info[s][1][a] for s in sample_ids]) for a in groups},
+        "groups": groups,
+    }

@@ -1,0 +1,143 @@
+"""End to end through the CLI: a tiny study, show, bad input, and kill-and-resume."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from faircompress.cli import app
+from faircompress.store import ResultStore
+
+runner = CliRunner()
+
+
+def _write_config(path: Path, overrides: dict) -> Path:
+    cfg: dict = {}
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
+    cfg = _write_config(tmp_path / "study.yaml", {**tiny_overrides, "seeds": [0, 1]})
+    res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "accuracy by gender" in res.output and "female" in res.output and "skin_tone" in res.output
+    study = Path(tiny_overrides["output_dir"])
+    store = ResultStore.open_existing(study)
+    runs = store.runs()
+    assert list(runs.status) == ["finished", "finished"] and set(runs.seed) == {0, 1}
+    assert (study / runs.artefact[0]).is_file() and str(runs.artefact[0]).endswith(".safetensors")
+    assert not list(study.rglob("*.tmp")) and not list(study.rglob("train_state*"))
+    n_test = int(store.metrics().query("name == 'n_test'").value.iloc[0])
+    assert len(store.predictions(runs.run_id[0])) == n_test
+    assert set(store.group_metrics().attribute) == {"gender", "skin_tone", "age"}
+    store.close()
+
+    again = runner.invoke(app, ["run", str(cfg)])
+    assert again.exit_code == 0 and "ran 0, skipped 2" in again.output
+    shown = runner.invoke(app, ["show", str(study)])
+    assert shown.exit_code == 0 and "baseline seed=1" in shown.output
+
+
+def test_test_selection_is_labelled_as_leaking(tmp_path, tiny_overrides):
+    cfg = _write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.selection": "test", "train.epochs": 1})
+    res = runner.invoke(app, ["run", str(cfg)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "leaks test data" in res.output
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train:\n  epochs: -1\n  batch_sise: 3\n")
+    res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2
+    assert "train.epochs (line 2)" in res.output and "train.batch_sise (line 3): unknown field" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_corrupt_store_and_unwritable_output_exit_cleanly(tmp_path, tiny_overrides):
+    study = Path(tiny_overrides["output_dir"])
+    study.mkdir(parents=True)
+    (study / "results.sqlite").write_bytes(b"garbage" * 200)
+    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2 and "not a usable results store" in res.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(blocker / "study")])
+    assert res.exit_code == 2 and "cannot write" in res.output
+    res = runner.invoke(app, ["show", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "no results store" in res.output
+
+
+def test_data_synth_writes_pngs_and_csv(tmp_path):
+    out = tmp_path / "synth"
+    res = runner.invoke(app, ["data", "synth", "--out", str(out), "--seed", "1", "--image-size", "16", "--params", str(_params(tmp_path))])
+    assert res.exit_code == 0, res.output
+    lines = (out / "labels.csv").read_text().splitlines()
+    assert lines[0] == "path,label,label_name,subject,split,gender,skin_tone,age"
+    assert len(lines) - 1 == len(list(out.rglob("*.png"))) == 18 * 3
+    from PIL import Image
+
+    first = lines[1].split(",")[0]
+    assert Image.open(out / first).size == (16, 16)
+    bad = runner.invoke(app, ["data", "synth", "--out", str(out), "--image-size", "4"])
+    assert bad.exit_code == 2 and "image_size" in bad.output
+
+
+def _params(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("subjects: 12\nsequences: 18\npeak_frames: 2\n")
+    return p
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrides):
+    overrides = {**tiny_overrides, "seeds": [0, 1, 2], "train.epochs": 3, "dataset.params": {**tiny_overrides["dataset.params"], "image_size": 32}}
+    cfg = _write_config(tmp_path / "s.yaml", overrides)
+    study = Path(overrides["output_dir"])
+    db = study / "results.sqlite"
+    cmd = [sys.executable, "-m", "faircompress.cli", "run", str(cfg)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def count(status):
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT COUNT(*) FROM runs WHERE status=?", (status,)).fetchone()[0]
+
+    # kill once a run has finished and the next one is mid-training (its epoch state is on disk)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if db.exists() and count("finished") >= 1 and list(study.glob("runs/*/train_state.safetensors")):
+            break
+        assert proc.poll() is None, "study ended before it could be killed"
+        time.sleep(0.05)
+    else:
+        pytest.fail("study did not reach the kill point")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert count("finished") < 3 and count("running") == 1
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT seed, status, attempts FROM runs ORDER BY seed").fetchall()
+        preds = c.execute("SELECT run_id, COUNT(*), COUNT(DISTINCT sample) FROM predictions GROUP BY run_id").fetchall()
+        epochs = c.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall()
+    assert [(s, st) for s, st, _ in rows] == [(0, "finished"), (1, "finished"), (2, "finished")]
+    assert sorted(a for *_, a in rows)[-1] == 2  # the killed run was retried once
+    assert len(preds) == 3 and all(n == d for _, n, d in preds)
+    assert all(n == 3 for _, n in epochs)  # the resumed run kept the epochs it had finished
+    assert not list(study.rglob("*.tmp"))

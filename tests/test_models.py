@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from faircompress.models import MODELS, build_model
+
+
+def _count_with_bn_stats(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters()) + sum(b.numel() for n, b in m.named_buffers() if "running_" in n)
+
+
+def test_paper_cnn_ckplus_parameter_count():
+    m = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=48)
+    assert _count_with_bn_stats(m) == 4_479_240  # Table 1, Keras counts BN moving statistics
+
+
+def test_paper_cnn_rafdb_trainable_parameter_count():
+    m = build_model("paper_cnn", in_channels=1, num_classes=7, input_size=100)
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 8_013_703  # Table 2
+
+
+def test_paper_cnn_layer_shapes_follow_table_1():
+    m = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=48).eval()
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (3, 3)), (128, (5, 5)), (512, (3, 3)), (512, (3, 3))]
+    dense = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert [(d.in_features, d.out_features) for d in dense] == [(4608, 256), (256, 512), (512, 8)]
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("channels,size,classes", [(1, 48, 8), (3, 32, 7)])
+def test_every_registered_model_builds_and_runs(name, channels, size, classes):
+    m = build_model(name, in_channels=channels, num_classes=classes, input_size=size).eval()
+    x = torch.randint(0, 256, (3, channels, size, size)).float()
+    y = m(x)
+    assert y.shape == (3, classes)
+    assert torch.isfinite(y).all()
+
+
+def test_too_small_input_is_rejected():
+    with pytest.raises(ValueError, match="too small"):
+        build_model("paper_cnn", in_channels=1, num_classes=8, input_size=8)

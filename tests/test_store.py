@@ -1,0 +1,84 @@
+import os
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from faircompress.store import ResultStore, RunResult, StoreError
+
+
+def _result(n=5):
+    return RunResult(
+        metrics={"accuracy": 0.6}, class_metrics=pd.DataFrame({"class": ["a"], "count": [5], "recall": [0.6]}),
+        group_metrics=pd.DataFrame({"attribute": ["gender"], "group": ["f"], "count": [5], "accuracy": [0.6]}),
+        epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "sel_loss": 1.1, "sel_acc": 0.4, "lr": 5e-4, "seconds": 1.0}],
+        sample_ids=np.arange(n), y_true=np.zeros(n, int), y_pred=np.array([0, 0, 0, 1, 1][:n]), timings={"train_s": 1.0},
+    )
+
+
+def _start(store, run_id="r1"):
+    store.start_run(run_id, study="s", kind="baseline", label="b", seed=0, config={"x": 1}, versions={"torch": "x"}, git_commit="abc")
+
+
+def test_run_lifecycle_and_retry(tmp_path):
+    store = ResultStore(tmp_path)
+    _start(store)
+    assert store.status("r1") == "running"
+    _start(store)  # a retry after a crash
+    store.finish_run("r1", _result())
+    runs = store.runs()
+    assert len(runs) == 1 and runs.status[0] == "finished" and runs.attempts[0] == 2
+    assert runs.git_commit[0] == "abc" and '"torch"' in runs.versions_json[0]
+    assert len(store.predictions("r1")) == 5 and store.metrics().value[0] == 0.6
+
+
+def test_a_failing_write_leaves_nothing_behind(tmp_path):
+    store = ResultStore(tmp_path)
+    _start(store)
+    bad = _result()
+    bad.y_pred = np.array([0, 0])  # fewer predictions than samples: zip stops early ...
+    bad.sample_ids = np.array([1, 1, 2, 3, 4])  # ... and a duplicate sample violates the primary key
+    with pytest.raises(sqlite3.IntegrityError):
+        store.finish_run("r1", bad)
+    assert store.status("r1") == "running"
+    assert store.metrics().empty and store.predictions("r1").empty
+
+
+def test_restart_clears_partial_rows_of_an_unfinished_run(tmp_path):
+    store = ResultStore(tmp_path)
+    _start(store)
+    store.conn.execute("INSERT INTO metrics VALUES ('r1', 'stale', 1.0)")
+    _start(store)
+    assert store.metrics().empty
+
+
+def test_failed_run_is_recorded(tmp_path):
+    store = ResultStore(tmp_path)
+    _start(store)
+    store.fail_run("r1", "RuntimeError: boom")
+    r = store.runs()
+    assert r.status[0] == "failed" and "boom" in r.error[0]
+
+
+def test_corrupt_store_gives_a_clear_error(tmp_path):
+    (tmp_path / ResultStore.FILENAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable results store"):
+        ResultStore(tmp_path)
+
+
+def test_missing_store_and_unwritable_directory(tmp_path):
+    with pytest.raises(StoreError, match="no results store"):
+        ResultStore.open_existing(tmp_path / "nothing")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+            target = tmp_path / "afile"
+            target.write_text("x")
+            ro = target
+        with pytest.raises(StoreError, match="cannot write|not a usable"):
+            ResultStore(ro / "study")
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from faircompress.data.dataset import SPLITS
+from faircompress.data.synthetic import CKPLUS_CLASSES, RAFDB_CLASSES, SyntheticParams, generate
+
+from conftest import TINY_DATA
+
+
+@pytest.fixture(scope="module")
+def default_ds():
+    return generate(SyntheticParams())
+
+
+def test_default_is_ckplus_like(default_ds):
+    ds = default_ds
+    assert ds.images.shape == (327 * 4, 1, 48, 48) and ds.images.dtype == np.uint8
+    assert ds.class_names == CKPLUS_CLASSES
+    subjects = np.unique(ds.subjects)
+    assert len(subjects) == 123
+    first = {s: ds.attributes["gender"][ds.subjects == s][0] for s in subjects}
+    assert sorted(np.bincount(list(first.values()))) == [39, 84]
+    # one neutral and three peak frames per sequence
+    assert (ds.labels[::4] == CKPLUS_CLASSES.index("neutral")).all()
+    assert (ds.labels.reshape(-1, 4)[:, 1:] == ds.labels.reshape(-1, 4)[:, 1:2]).all()
+    assert len(set(ds.labels.tolist())) == 8
+
+
+def test_subject_attributes_persist_and_splits_are_subject_disjoint(default_ds):
+    ds = default_ds
+    for attr, codes in ds.attributes.items():
+        for s in np.unique(ds.subjects)[:30]:
+            assert len(np.unique(codes[ds.subjects == s])) == 1, attr
+    sets = [set(ds.subjects[ds.split == i]) for i in range(len(SPLITS))]
+    assert all(sets) and not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    for i in range(len(SPLITS)):  # both gender groups in every split
+        assert len(np.unique(ds.attributes["gender"][ds.split == i])) == 2
+
+
+def test_same_params_give_identical_arrays_and_seed_changes_them():
+    a, b = generate(SyntheticParams(**TINY_DATA)), generate(SyntheticParams(**TINY_DATA))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert all(np.array_equal(a.attributes[k], b.attributes[k]) for k in a.attributes)
+    c = generate(SyntheticParams(**{**TINY_DATA, "seed": 4}))
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_rafdb_classes_rgb_and_size_options():
+    ds = generate(SyntheticParams(**{**TINY_DATA, "classes": "rafdb", "rgb": True, "image_size": 100}))
+    assert ds.images.shape[1:] == (3, 100, 100)
+    assert ds.class_names == RAFDB_CLASSES
+    assert not np.array_equal(ds.images[:, 0], ds.images[:, 2])  # really colour
+
+
+def test_images_vary_with_expression_not_just_noise():
+    p = SyntheticParams(**{**TINY_DATA, "image_size": 48, "nuisance": {"rotation_deg": 0, "shift": 0, "illumination": 0,
+                                                                      "noise": 0, "blur_prob": 0, "occluder_prob": 0,
+                                                                      "scale": (1, 1), "cue_noise": 0}})
+    ds = generate(p)
+    # within the face, a sequence's neutral frame differs from its peak frames more than peaks among themselves
+    x = ds.images[:, 0, 8:40, 8:40].reshape(-1, 3, 32 * 32).astype(float)
+    neutral_vs_peak = np.abs(x[:, 0] - x[:, 2]).mean()
+    peak_vs_peak = np.abs(x[:, 1] - x[:, 2]).mean()
+    assert neutral_vs_peak > 2 * peak_vs_peak
+
+
+def test_representation_knob_shifts_image_share():
+    base = dict(TINY_DATA, subjects=40, sequences=200)
+    plain = generate(SyntheticParams(**base))
+    heavy = generate(SyntheticParams(**base, bias={"gender": {"male": {"representation": 5.0}}}))
+    share = lambda ds: (ds.attributes["gender"] == 1).mean()  # noqa: E731
+    assert share(heavy) > share(plain) + 0.15
+
+
+def test_label_noise_hits_only_train_and_val_of_the_chosen_group():
+    base = dict(TINY_DATA, subjects=40, sequences=200)
+    clean = generate(SyntheticParams(**base))
+    noisy = generate(SyntheticParams(**base, bias={"gender": {"female": {"label_noise": 0.5}}}))
+    changed = clean.labels != noisy.labels
+    assert not changed[noisy.split == SPLITS.index("test")].any()
+    assert not changed[noisy.attributes["gender"] == 1].any()
+    rate = changed[(noisy.attributes["gender"] == 0) & (noisy.split != SPLITS.index("test"))].mean()
+    assert 0.35 < rate < 0.65
+
+
+def test_intensity_knob_makes_group_expressions_subtler():
+    from faircompress.data import synthetic as syn
+
+    p = SyntheticParams(**TINY_DATA, bias={"gender": {"male": {"intensity": 0.5}}})
+    rng = np.random.default_rng(0)
+    subj = syn._sample_subjects(p, rng)
+    frames = syn._sample_images(p, subj, rng)
+    male = subj["gender"][frames["subject"]] == 1
+    peak = frames["intensity"] > 0
+    assert frames["intensity"][male & peak].max() <= 0.5 * p.intensity_range[1] + 1e-9
+    assert frames["intensity"][~male & peak].min() >= 0.85 * p.intensity_range[0] - 1e-9
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"subjects": 2}, {"proportions": {"gender": [1, 2, 3]}}, {"proportions": {"height": [1]}},
+     {"bias": {"gender": {"other": {"intensity": 0.5}}}}, {"bias": {"age": {"70+": {"label_noise": 1.5}}}},
+     {"image_size": 8}, {"sequences": 5, "subjects": 10}, {"colour": True}],
+)
+def test_bad_parameters_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        SyntheticParams(**bad)
