@@ -12,7 +12,7 @@ def _result(n=5):
     return RunResult(
         metrics={"accuracy": 0.6}, class_metrics=pd.DataFrame({"class": ["a"], "count": [5], "recall": [0.6]}),
         group_metrics=pd.DataFrame({"attribute": ["gender"], "group": ["f"], "count": [5], "accuracy": [0.6]}),
-        epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "sel_loss": 1.1, "sel_acc": 0.4, "lr": 5e-4, "seconds": 1.0}],
+        epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "sel_loss": 1.1, "sel_acc": 0.4, "lr": 5e-4, "seconds": 1.0, "train_seconds": 0.9}],
         sample_ids=np.arange(n), y_true=np.zeros(n, int), y_pred=np.array([0, 0, 0, 1, 1][:n]), timings={"train_s": 1.0},
     )
 
@@ -82,3 +82,11 @@ def test_missing_store_and_unwritable_directory(tmp_path):
             ResultStore(ro / "study")
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_store_of_another_schema_version_is_refused(tmp_path):
+    store = ResultStore(tmp_path)
+    store.conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    store.close()
+    with pytest.raises(StoreError, match="schema 999"):
+        ResultStore(tmp_path)

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS group_metrics (
     count INTEGER, accuracy REAL, PRIMARY KEY (run_id, attribute, grp));
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, train_loss REAL, train_acc REAL,
-    sel_loss REAL, sel_acc REAL, lr REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
+    sel_loss REAL, sel_acc REAL, lr REAL, seconds REAL, train_seconds REAL, PRIMARY KEY (run_id, epoch));
 CREATE TABLE IF NOT EXISTS predictions (
     run_id TEXT NOT NULL REFERENCES runs(run_id), sample INTEGER NOT NULL, y_true INTEGER NOT NULL,
     y_pred INTEGER NOT NULL, PRIMARY KEY (run_id, sample)) WITHOUT ROWID;
@@ -93,10 +93,14 @@ class ResultStore:
                 raise sqlite3.DatabaseError("integrity check failed")
             self.conn.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            found = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable results store ({e}); move it aside to start afresh") from None
         except OSError as e:
             raise StoreError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
+        if found != str(SCHEMA_VERSION):
+            self.conn.close()
+            raise StoreError(f"{self.path}: written with store schema {found}, this version reads {SCHEMA_VERSION}")
 
     @classmethod
     def open_existing(cls, study_dir: str | Path) -> "ResultStore":
@@ -147,8 +151,9 @@ class ResultStore:
                           [(run_id, row["class"], int(row["count"]), float(row["recall"])) for _, row in r.class_metrics.iterrows()])
             c.executemany("INSERT INTO group_metrics VALUES (?, ?, ?, ?, ?)",
                           [(run_id, row["attribute"], row["group"], int(row["count"]), float(row["accuracy"])) for _, row in r.group_metrics.iterrows()])
-            c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["sel_loss"], e["sel_acc"], e["lr"], e["seconds"]) for e in r.epochs])
+            c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["sel_loss"], e["sel_acc"], e["lr"], e["seconds"],
+                            e["train_seconds"]) for e in r.epochs])
             c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?)",
                           zip([run_id] * len(r.sample_ids), r.sample_ids.tolist(), r.y_true.tolist(), r.y_pred.tolist()))
             c.execute(

@@ -97,7 +97,8 @@ class EpochLog:
     sel_loss: float
     sel_acc: float
     lr: float
-    seconds: float
+    seconds: float        # whole epoch: training pass and selection evaluation
+    train_seconds: float  # training pass only
 
 
 @dataclass
@@ -181,12 +182,15 @@ def fit(
             seen += len(idx)
             if on_batch:
                 on_batch(epoch, b + 1, n_batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_train = time.perf_counter() - t0
         sel_logits = predict_logits(model, x_sel, cfg.eval_batch_size, device, precision)
         sel_loss = F.cross_entropy(sel_logits, y_sel).item()
         sel_acc = (sel_logits.argmax(1) == y_sel).float().mean().item()
         lr = opt.param_groups[0]["lr"]
         sched.step(sel_loss)
-        log = EpochLog(epoch, (loss_sum / seen).item(), correct.item() / seen, sel_loss, sel_acc, lr, time.perf_counter() - t0)
+        log = EpochLog(epoch, (loss_sum / seen).item(), correct.item() / seen, sel_loss, sel_acc, lr, time.perf_counter() - t0, t_train)
         res.history.append(log)
         if sel_acc > res.best_sel_acc:  # Keras ModelCheckpoint(save_best_only, mode='max'): strictly better
             res.best_sel_acc, res.best_epoch = sel_acc, epoch
