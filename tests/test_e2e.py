@@ -141,3 +141,39 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
     assert len(preds) == 3 and all(n == d for _, n, d in preds)
     assert all(n == 3 for _, n in epochs)  # the resumed run kept the epochs it had finished
     assert not list(study.rglob("*.tmp"))
+
+
+def test_second_process_on_the_same_study_is_refused(tmp_path, tiny_overrides):
+    from faircompress.study import study_lock
+
+    study = Path(tiny_overrides["output_dir"])
+    study.mkdir(parents=True)
+    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    with study_lock(study):
+        res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2 and "another faircompress process" in res.output
+
+
+def test_run_killed_after_training_reuses_its_checkpoint(tmp_path, tiny_overrides):
+    from faircompress.config import load_config
+    from faircompress.study import Hooks, run_study
+
+    cfg = load_config(None, tiny_overrides)
+    run_study(cfg)
+    store = ResultStore.open_existing(cfg.output_dir)
+    run_id = store.runs().run_id[0]
+    before = store.predictions(run_id)
+    # as if killed after the checkpoint was written but before the results were committed
+    store.start_run(run_id, study="x", kind="baseline", label="b", seed=0, config={}, versions={}, git_commit="")
+    store.close()
+
+    class NoTraining(Hooks):
+        def epoch(self, log):
+            raise AssertionError("retrained although a checkpoint exists")
+
+    report = run_study(cfg, NoTraining())
+    assert report.ran == [run_id] and not report.failed
+    store = ResultStore.open_existing(cfg.output_dir)
+    assert store.predictions(run_id).equals(before)
+    assert len(store.conn.execute("SELECT * FROM epochs WHERE run_id=?", (run_id,)).fetchall()) == 2
+    store.close()

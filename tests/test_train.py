@@ -79,8 +79,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny, tmp_path):
 
 def test_checkpoint_round_trip(tiny, tmp_path):
     m = _model(tiny)
-    save_checkpoint(m, tmp_path / "m.safetensors")
-    m2 = load_checkpoint(_model(tiny), tmp_path / "m.safetensors")
+    save_checkpoint(m, tmp_path / "m.safetensors", {"note": "x"})
+    m2 = _model(tiny, seed=5)
+    assert load_checkpoint(m2, tmp_path / "m.safetensors") == {"note": "x"}
     x = torch.from_numpy(tiny.images[:4]).float()
     m.eval(), m2.eval()
     assert torch.equal(m(x), m2(x))

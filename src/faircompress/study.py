@@ -1,19 +1,21 @@
 """A study: the grid of runs one config describes, executed resumably into a results store."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import platform
 import subprocess
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import StudyConfig
 from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
-from .store import ResultStore, RunResult
+from .store import ResultStore, RunResult, StoreError
 
 PROTOCOL_VERSION = 1  # bump when a change makes old results incomparable
 
@@ -85,15 +87,32 @@ class Hooks:
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
-    import torch  # the training stack is imported only when a study runs
-
-    from .evaluate.metrics import evaluate_predictions
-    from .models import build_model
-    from .train import fit, load_checkpoint, predict, resolve_device, save_checkpoint
-
-    hooks = hooks or Hooks()
     out = Path(cfg.output_dir)
     store = ResultStore(out)
+    try:
+        with study_lock(out):
+            return _run_locked(cfg, hooks or Hooks(), out, store)
+    finally:
+        store.close()
+
+
+@contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """One process per study directory: a second `faircompress run` on it stops instead of racing."""
+    fh = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StoreError(f"{out}: another faircompress process is running this study; wait for it or stop it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -> StudyReport:
     tmp = out / "config.yaml.tmp"
     tmp.write_text(_dump(cfg))
     tmp.replace(out / "config.yaml")
@@ -104,50 +123,21 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
         if s not in todo:
             hooks.run_skipped(s)
     if not todo:
-        store.close()
         return report
 
     ds_params = DATASETS.get(cfg.dataset.name).params.model_validate(cfg.dataset.params)
     data = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
-    ds_key = cache_key(cfg.dataset.name, ds_params)
     test = data.indices("test")
-    store.record_samples(ds_key, data.name, data.class_names, data.attribute_groups, test, data.subjects[test],
-                         data.labels[test], {a: v[test] for a, v in data.attributes.items()})
+    store.record_samples(cache_key(cfg.dataset.name, ds_params), data.name, data.class_names, data.attribute_groups, test,
+                         data.subjects[test], data.labels[test], {a: v[test] for a, v in data.attributes.items()})
     versions, commit = package_versions(), git_commit()
-
     for i, spec in enumerate(todo):
         hooks.run_started(spec, i, len(todo))
         store.start_run(spec.run_id, study=cfg.name, kind=spec.kind, label=spec.label, seed=spec.seed,
                         config=cfg.model_dump(mode="json"), versions=versions, git_commit=commit)
-        art = out / "runs" / spec.run_id
         try:
-            t0 = time.perf_counter()
-            torch.manual_seed(spec.seed)  # the seed fixes the initial weights too
-            model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
-                                input_size=data.image_size[0], **cfg.model.params)
-            ckpt = art / "model.safetensors"
-            if ckpt.exists():  # trained before an interruption: reuse, do not retrain
-                load_checkpoint(model, ckpt)
-                fitres = None
-            else:
-                fitres = fit(model, data, cfg.train, spec.seed, state_path=art / "train_state.safetensors",
-                             on_batch=hooks.batch, on_epoch=hooks.epoch)
-                save_checkpoint(model, ckpt, {"run_id": spec.run_id, "config": json.dumps(spec.identity)})
-                (art / "train_state.safetensors").unlink(missing_ok=True)
-            t1 = time.perf_counter()
-            device = resolve_device(cfg.train.device)
-            y_pred = predict(model.to(device), data.images[test], cfg.train.eval_batch_size, device)
-            ev = evaluate_predictions(data.labels[test], y_pred, data.class_names,
-                                      {a: v[test] for a, v in data.attributes.items()}, data.attribute_groups)
-            metrics = ev.scalars() | ({"best_epoch": fitres.best_epoch, "best_sel_acc": fitres.best_sel_acc} if fitres else {})
-            result = RunResult(
-                metrics=metrics, class_metrics=ev.per_class, group_metrics=ev.groups,
-                epochs=[vars(h) for h in fitres.history] if fitres else [],
-                sample_ids=test, y_true=data.labels[test], y_pred=y_pred,
-                timings={"train_s": t1 - t0, "eval_s": time.perf_counter() - t1},
-                device=str(device), precision=fitres.precision if fitres else "", selection=cfg.train.selection,
-                artefact=str(ckpt.relative_to(out)),
-            )
+            result = _execute(cfg, spec, data, out / "runs" / spec.run_id, hooks)
+            result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(spec.run_id, result)
             report.ran.append(spec.run_id)
             hooks.run_finished(spec, result)
@@ -156,8 +146,42 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
             store.fail_run(spec.run_id, msg + "\n" + traceback.format_exc(limit=8))
             report.failed[spec.run_id] = msg
             hooks.run_failed(spec, msg)
-    store.close()
     return report
+
+
+def _execute(cfg: StudyConfig, spec: RunSpec, data, art: Path, hooks: Hooks) -> RunResult:
+    """Train (or reuse the checkpoint of an interrupted run), then evaluate on the test split."""
+    import torch  # the training stack is imported only when a study runs
+
+    from .evaluate.metrics import evaluate_predictions
+    from .models import build_model
+    from .train import FitResult, fit, load_checkpoint, predict, resolve_device, save_checkpoint
+
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)  # the seed fixes the initial weights too
+    model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
+                        input_size=data.image_size[0], **cfg.model.params)
+    ckpt = art / "model.safetensors"
+    if ckpt.exists():  # trained before an interruption (killed before its results were stored): reuse
+        fitres = FitResult.from_json(load_checkpoint(model, ckpt)["fit"])
+    else:
+        fitres = fit(model, data, cfg.train, spec.seed, state_path=art / "train_state.safetensors",
+                     on_batch=hooks.batch, on_epoch=hooks.epoch)
+        save_checkpoint(model, ckpt, {"run_id": spec.run_id, "identity": json.dumps(spec.identity), "fit": fitres.to_json()})
+        (art / "train_state.safetensors").unlink(missing_ok=True)
+    t1 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    test = data.indices("test")
+    y_pred = predict(model.to(device), data.images[test], cfg.train.eval_batch_size, device)
+    ev = evaluate_predictions(data.labels[test], y_pred, data.class_names,
+                              {a: v[test] for a, v in data.attributes.items()}, data.attribute_groups)
+    return RunResult(
+        metrics=ev.scalars() | {"best_epoch": fitres.best_epoch, "best_sel_acc": fitres.best_sel_acc},
+        class_metrics=ev.per_class, group_metrics=ev.groups, epochs=[vars(h) for h in fitres.history],
+        sample_ids=test, y_true=data.labels[test], y_pred=y_pred,
+        timings={"train_s": fitres.seconds, "setup_s": t1 - t0 - fitres.seconds, "eval_s": time.perf_counter() - t1},
+        device=str(device), precision=fitres.precision, selection=cfg.train.selection, artefact=str(ckpt),
+    )
 
 
 def _dump(cfg: StudyConfig) -> str:

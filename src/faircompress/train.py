@@ -112,6 +112,14 @@ class FitResult:
     train_images: int = 0
     seconds: float = 0.0
 
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "history": [vars(h) for h in self.history]})
+
+    @classmethod
+    def from_json(cls, text: str) -> "FitResult":
+        d = json.loads(text)
+        return cls(**{**d, "history": [EpochLog(**h) for h in d["history"]]})
+
 
 EpochCallback = Callable[[int, int, int], None]  # (epoch, batches done, batches total)
 
@@ -263,6 +271,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
     save_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path, metadata)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
+    """Load weights into ``model``; returns the checkpoint's metadata."""
+    from safetensors import safe_open
+
     model.load_state_dict(load_file(str(path)))
-    return model
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
