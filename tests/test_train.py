@@ -97,3 +97,12 @@ def test_bf16_autocast_trains_on_cpu(tiny):
     m = _model(tiny)
     res = fit(m, tiny, TrainConfig(epochs=1, batch_size=8, precision="bf16", device="cpu"), seed=0)
     assert np.isfinite(res.history[0].train_loss) and res.precision == "bf16"
+
+
+def test_stale_training_state_is_discarded_not_fatal(tiny, tmp_path):
+    state = tmp_path / "state.safetensors"
+    state.write_bytes(b"garbage")
+    cfg = TrainConfig(epochs=1, batch_size=8, precision="fp32", device="cpu")
+    with pytest.warns(UserWarning, match="training from epoch 1"):
+        res = fit(_model(tiny), tiny, cfg, seed=0, state_path=state)
+    assert [h.epoch for h in res.history] == [1]

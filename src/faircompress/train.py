@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -160,7 +161,11 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     start_epoch = 1
     if state_path is not None and Path(state_path).exists():
-        start_epoch, best_state = _load_state(state_path, model, opt, sched, shuffle_gen, aug_gen, res)
+        try:
+            start_epoch, best_state = _load_state(state_path, model, opt, sched, shuffle_gen, aug_gen, res)
+        except StaleState as e:  # checked before anything is applied: training simply starts afresh
+            warnings.warn(f"{state_path}: {e}; training from epoch 1")
+            Path(state_path).unlink(missing_ok=True)
 
     n, bs = len(tr), cfg.batch_size
     n_batches = math.ceil(n / bs)
@@ -214,6 +219,12 @@ def fit(
 
 
 # ----------------------------------------------------------------------------- resumable state
+STATE_FORMAT = 2  # bump when the state file's layout changes
+
+
+class StaleState(Exception):
+    """A training-state file that does not fit this model or this version."""
+
 def _save_state(path, epoch, model, opt, sched, shuffle_gen, aug_gen, res: FitResult, best_state) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
@@ -225,6 +236,7 @@ def _save_state(path, epoch, model, opt, sched, shuffle_gen, aug_gen, res: FitRe
     tensors["rng.aug"] = aug_gen.get_state().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {
+        "format": STATE_FORMAT,
         "epoch": epoch,
         "param_groups": opt_sd["param_groups"],
         "sched": {k: v for k, v in sched.state_dict().items() if k != "_last_lr"} | {"_last_lr": sched.get_last_lr()},
@@ -238,9 +250,16 @@ def _save_state(path, epoch, model, opt, sched, shuffle_gen, aug_gen, res: FitRe
 def _load_state(path, model, opt, sched, shuffle_gen, aug_gen, res: FitResult):
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["state"])
+        tensors = load_file(str(path))
+    except Exception as e:  # torn or foreign file
+        raise StaleState(f"unreadable training state ({type(e).__name__})") from None
+    if meta.get("format") != STATE_FORMAT:
+        raise StaleState(f"training state of format {meta.get('format')}, expected {STATE_FORMAT}")
+    if {k[6:] for k in tensors if k.startswith("model.")} != set(model.state_dict()):
+        raise StaleState("training state of a different model")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best_state = {k[5:]: v.to(next(model.parameters()).device) for k, v in tensors.items() if k.startswith("best.")}
     state: dict[int, dict] = {}

@@ -83,7 +83,7 @@ class SyntheticParams(BaseModel):
         }
     )
     bias: dict[str, dict[str, GroupBias]] = Field(default_factory=dict)
-    intensity_range: tuple[float, float] = (0.5, 1.0)
+    intensity_range: tuple[float, float] = (0.6, 1.0)
     nuisance: Nuisance = Field(default_factory=Nuisance)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     val_fraction: float = Field(0.15, ge=0, lt=1)
@@ -282,7 +282,7 @@ def _render(p: SyntheticParams, frame: dict[str, np.ndarray], rng: np.random.Gen
     eye_y = -0.08 + 0.08 * child[:, None, None]
     eye_dx = g("eye_dx")
     ew = 0.09 * g("eye_size") * (1 + 0.2 * child[:, None, None])
-    eh = np.clip(0.045 * g("eye_size") * (1 + 0.8 * eye_open), 0.006, 0.14)
+    eh = np.clip(0.05 * g("eye_size") * (1 + 0.9 * eye_open), 0.006, 0.16)
     ax = np.abs(x)
     eye_d = np.hypot((ax - eye_dx) / ew, (y - eye_y) / eh) - 1
     eye_mask = _soft(eye_d, edge / eh)
@@ -292,9 +292,9 @@ def _render(p: SyntheticParams, frame: dict[str, np.ndarray], rng: np.random.Gen
     img = _blend(img, dark * 0.6, iris)
 
     # brows: segments whose inner ends move with tilt, whole brow with raise
-    by = eye_y - 0.13 - 0.11 * brow_raise
-    inner_y = by - 0.08 * brow_tilt
-    brow_d = _segment_dist(ax, y, eye_dx - 0.11, inner_y, eye_dx + 0.11, by + 0.01) - (0.022 + 0.008 * gender_m[:, None, None])
+    by = eye_y - 0.13 - 0.13 * brow_raise
+    inner_y = by - 0.1 * brow_tilt
+    brow_d = _segment_dist(ax, y, eye_dx - 0.11, inner_y, eye_dx + 0.11, by + 0.01) - 0.028  # same for every group: cue visibility must not depend on gender
     feat = np.maximum(feat, _soft(brow_d, edge))
 
     # nose: ridge, nostrils, and wrinkle lines across the bridge
@@ -303,19 +303,21 @@ def _render(p: SyntheticParams, frame: dict[str, np.ndarray], rng: np.random.Gen
     feat = np.maximum(feat, 0.45 * _soft(ridge, edge))
     nostrils = np.hypot(ax - 0.05, y - 0.19 * nl) - 0.022
     feat = np.maximum(feat, 0.8 * _soft(nostrils, edge))
-    for k in range(2):
-        line = np.abs(y - (0.0 + 0.045 * k)) - 0.008
+    for k in range(3):
+        line = np.abs(y - (-0.02 + 0.04 * k)) - 0.01
         feat = np.maximum(feat, np.clip(wrinkle, 0, 1.5) * 0.8 * _soft(np.maximum(line, ax - 0.09), edge))
 
     # mouth: a curve whose corners lift with curvature, tilt with asymmetry, opening below
     mw = g("mouth_w") * (1 + 0.15 * np.clip(mouth_curve, 0, 1))
     my = 0.4 - 0.04 * child[:, None, None]
     u = np.clip(x / mw, -1.3, 1.3)
-    centre = my - 0.16 * mouth_curve * u * u - 0.1 * mouth_asym * np.clip(u, 0, None) ** 2
-    half_open = np.clip(0.09 * mouth_open, 0, 0.13) * np.clip(1 - u * u, 0, 1)
-    lip = np.abs(y - centre) - (0.012 + half_open)
+    centre = my - 0.2 * mouth_curve * u * u - 0.13 * mouth_asym * np.clip(u, 0, None) ** 2
+    half_open = np.clip(0.11 * mouth_open, 0, 0.16) * np.clip(1 - u * u, 0, 1)
+    lip = np.abs(y - centre) - (0.016 + half_open)
     mouth_d = np.maximum(lip, np.abs(x) - mw)
     img = _blend(img, dark * 0.6, _soft(mouth_d, edge))
+    inside = np.maximum(np.abs(y - centre) - (half_open - 0.01), np.abs(x) - 0.8 * mw)  # open mouth: dark interior
+    img = _blend(img, dark * 0.2, _soft(inside, edge))
 
     # age lines: forehead and nasolabial folds, stronger with age
     lines = np.clip((age - 2) / 2, 0, 1)[:, None, None] * 0.5
@@ -324,8 +326,8 @@ def _render(p: SyntheticParams, frame: dict[str, np.ndarray], rng: np.random.Gen
         feat = np.maximum(feat, lines * _soft(np.maximum(fl, ax - 0.25), edge))
     naso = _segment_dist(ax, y, 0.1, 0.22, mw + 0.04, 0.45) - 0.008
     feat = np.maximum(feat, lines * _soft(naso, edge))
-    # male presentation: stubble shading on the jaw
-    stub = 0.25 * (gender_m * (age != 0))[:, None, None] * _soft(np.maximum(head_d, 0.28 - y), edge)
+    # male presentation: stubble shading on the chin, below the mouth (never over an expression cue)
+    stub = 0.25 * (gender_m * (age != 0))[:, None, None] * _soft(np.maximum(head_d, my + 0.2 - y), edge)
     feat = np.maximum(feat, stub)
     img = _blend(img, dark, feat * _soft(head_d, edge))
 
@@ -402,4 +404,4 @@ def generate(p: SyntheticParams) -> FaceDataset:
     )
 
 
-DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=generate, version="1"))
+DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=generate, version="2"))
