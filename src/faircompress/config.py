@@ -93,6 +93,15 @@ class TrainConfig(Strict):
         return self
 
 
+class EvaluationConfig(Strict):
+    """How exported variants are measured in ONNX Runtime."""
+
+    latency: bool = Field(True, description="measure CPU latency (batch 1) and throughput")
+    latency_runs: int = Field(50, ge=1, description="batch-1 runs; the median is reported")
+    throughput_batch: int = Field(64, ge=1)
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+
+
 class StudyConfig(Strict):
     name: str = "synthetic"
     output_dir: Path = Field(Path("runs/synthetic"), description="study directory: results.sqlite and artefacts")
@@ -100,6 +109,28 @@ class StudyConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], description="one baseline is trained per seed")
+    recipes: list[list[dict[str, Any]]] = Field(
+        default_factory=list, description="compression recipes, each a list of steps; each is applied to every baseline"
+    )
+    repeats: int = Field(3, ge=1, le=100, description="fine-tuning repeats per recipe (recipes with no fine-tuning run once)")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("recipes")
+    @classmethod
+    def _check_recipes(cls, v: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        from .compress.recipes import RecipeError, parse_recipe
+
+        out, seen = [], set()
+        for i, raw in enumerate(v):
+            try:
+                recipe = parse_recipe(raw, f"recipe {i + 1}")
+            except RecipeError as e:
+                raise ValueError(str(e)) from None
+            if recipe.key() in seen:
+                raise ValueError(f"recipe {i + 1} ({recipe.label}) is listed twice")
+            seen.add(recipe.key())
+            out.append(recipe.to_config())  # normalised: every parameter spelled out
+        return out
 
     @field_validator("seeds")
     @classmethod

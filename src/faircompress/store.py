@@ -10,7 +10,7 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL DEFAULT 0,
     started_at REAL, finished_at REAL,
     timings_json TEXT, device TEXT, precision TEXT, selection TEXT,
-    versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT
+    versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT,
+    recipe_json TEXT, repeat INTEGER, baseline_id TEXT, details_json TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL,
@@ -77,6 +78,7 @@ class RunResult:
     precision: str = ""
     selection: str = ""
     artefact: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. per-kernel distinct values and sparsity
 
 
 class ResultStore:
@@ -129,19 +131,21 @@ class ResultStore:
         return row[0] if row else None
 
     def start_run(self, run_id: str, *, study: str, kind: str, label: str, seed: int, config: dict[str, Any],
-                  versions: dict[str, str], git_commit: str) -> None:
+                  versions: dict[str, str], git_commit: str, recipe: list | None = None, repeat: int = 0,
+                  baseline_id: str | None = None) -> None:
         """Mark a run as running (a retry of an unfinished or failed run clears its partial rows)."""
         with self.transaction() as c:
             for table in _CHILD_TABLES:
                 c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             c.execute(
                 """INSERT INTO runs (run_id, study, kind, label, seed, config_json, status, attempts, started_at,
-                                     versions_json, git_commit)
-                   VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)
+                                     versions_json, git_commit, recipe_json, repeat, baseline_id)
+                   VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(run_id) DO UPDATE SET status='running', attempts=attempts+1, started_at=excluded.started_at,
                        config_json=excluded.config_json, versions_json=excluded.versions_json,
                        git_commit=excluded.git_commit, error=NULL, finished_at=NULL""",
-                (run_id, study, kind, label, seed, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit),
+                (run_id, study, kind, label, seed, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit,
+                 None if recipe is None else json.dumps(recipe), repeat, baseline_id),
             )
 
     def finish_run(self, run_id: str, r: RunResult) -> None:
@@ -158,8 +162,8 @@ class ResultStore:
                           zip([run_id] * len(r.sample_ids), r.sample_ids.tolist(), r.y_true.tolist(), r.y_pred.tolist()))
             c.execute(
                 """UPDATE runs SET status='finished', finished_at=?, timings_json=?, device=?, precision=?, selection=?,
-                   artefact=?, error=NULL WHERE run_id=?""",
-                (time.time(), json.dumps(r.timings), r.device, r.precision, r.selection, r.artefact, run_id),
+                   artefact=?, details_json=?, error=NULL WHERE run_id=?""",
+                (time.time(), json.dumps(r.timings), r.device, r.precision, r.selection, r.artefact, json.dumps(r.details), run_id),
             )
 
     def fail_run(self, run_id: str, error: str) -> None:

@@ -20,28 +20,65 @@ from .store import ResultStore, RunResult, StoreError
 PROTOCOL_VERSION = 1  # bump when a change makes old results incomparable
 
 
+def _hash(obj: Any, n: int = 20) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    kind: str          # "baseline" (compression variants come later)
+    kind: str                     # "baseline" (training) or "variant" (a recipe applied to a baseline)
     label: str
-    seed: int
+    seed: int                     # baseline seed
     identity: dict[str, Any]
+    recipe: list[dict[str, Any]] | None = None
+    repeat: int = 0
+    baseline_id: str | None = None
 
     @property
     def run_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:20]
+        return _hash(self.identity)
+
+    @property
+    def tune_seed(self) -> int:
+        return 1000 * (self.repeat + 1) + self.seed
+
+    @property
+    def prefix_id(self) -> str:
+        """Identity of the fine-tuned PyTorch model this variant exports: recipes that share their
+        training steps (e.g. prune 50 % and prune 50 % + int8) share it, so it is trained once."""
+        from .compress.recipes import parse_recipe
+
+        steps = parse_recipe(self.recipe or []).train_steps
+        if not steps:
+            return self.baseline_id or ""
+        return _hash({"baseline": self.baseline_id, "steps": [{s.name: s.params.model_dump(mode="json")} for s in steps],
+                      "repeat": self.repeat})
 
 
 def plan(cfg: StudyConfig) -> list[RunSpec]:
-    """Every run the study needs, in execution order."""
-    train = cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"})  # do not change results
+    """Every run the study needs, in execution order: baselines, then each baseline's variants
+    (its fp32 export first, then every recipe x repeat; recipes without fine-tuning run once)."""
+    from .compress.recipes import parse_recipe
+
+    train = cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"})  # these do not change results
     base = {
         "protocol": PROTOCOL_VERSION,
         "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache"}),
         "model": cfg.model.model_dump(mode="json"),
         "train": train,
     }
-    return [RunSpec("baseline", f"baseline seed={s}", s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
+    evaluation = cfg.evaluation.model_dump(mode="json", exclude={"threads"})
+    specs = [RunSpec("baseline", f"baseline seed={s}", s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
+    variants = []
+    for b in specs:
+        for raw in [[], *cfg.recipes]:
+            recipe = parse_recipe(raw)
+            repeats = cfg.repeats if recipe.train_steps else 1
+            for r in range(repeats):
+                ident = {"kind": "variant", "baseline": b.run_id, "recipe": recipe.to_config(), "repeat": r, "evaluation": evaluation}
+                label = f"{recipe.label} | seed={b.seed}" + (f" rep={r}" if repeats > 1 else "")
+                variants.append(RunSpec("variant", label, b.seed, ident, recipe.to_config(), r, b.run_id))
+    return specs + variants
 
 
 def package_versions() -> dict[str, str]:
@@ -134,9 +171,15 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
     for i, spec in enumerate(todo):
         hooks.run_started(spec, i, len(todo))
         store.start_run(spec.run_id, study=cfg.name, kind=spec.kind, label=spec.label, seed=spec.seed,
-                        config=cfg.model_dump(mode="json"), versions=versions, git_commit=commit)
+                        config=cfg.model_dump(mode="json"), versions=versions, git_commit=commit,
+                        recipe=spec.recipe, repeat=spec.repeat, baseline_id=spec.baseline_id)
         try:
-            result = _execute(cfg, spec, data, out / "runs" / spec.run_id, hooks)
+            if spec.kind == "baseline":
+                result = _execute(cfg, spec, data, out / "runs" / spec.run_id, hooks)
+            else:
+                from .variants import run_variant
+
+                result = run_variant(cfg, spec, data, out, hooks)
             result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(spec.run_id, result)
             report.ran.append(spec.run_id)

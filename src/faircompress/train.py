@@ -134,8 +134,13 @@ def fit(
     state_path: Path | None = None,
     on_batch: EpochCallback | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place and leave it holding the best-selection-accuracy weights."""
+    """Train ``model`` in place and leave it holding the best-selection-accuracy weights.
+
+    ``after_step(step)`` runs after every optimiser step (step counts from 1 within this call);
+    compression steps use it, e.g. pruning re-applies its masks there.
+    """
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     train_splits, sel_split = (("train", "val"), "test") if cfg.selection == "test" else (("train",), "val")
@@ -169,6 +174,7 @@ def fit(
 
     n, bs = len(tr), cfg.batch_size
     n_batches = math.ceil(n / bs)
+    step = 0
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -190,6 +196,9 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if after_step:
+                after_step(step)
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)

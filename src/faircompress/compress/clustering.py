@@ -89,3 +89,30 @@ def strip_clustering(model: nn.Module) -> nn.Module:
 
 def distinct_values(model: nn.Module) -> dict[str, int]:
     return {k: int(torch.unique(w.detach()).numel()) for k, w in prunable(model).items()}
+
+
+# ----------------------------------------------------------------------------- recipe step
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from .recipes import STEPS, Step, StepParams, TuneContext  # noqa: E402
+
+
+class ClusterParams(StepParams):
+    clusters: int = Field(..., ge=2, le=65536, description="centroids per kernel")
+    init: Literal["linear", "kmeans++"] = "linear"
+    preserve_sparsity: bool = Field(False, description="keep zeros (e.g. from pruning) at zero")
+    epochs: int = Field(3, ge=0, description="fine-tuning epochs")
+
+
+@STEPS.register("cluster")
+class ClusterStep(Step):
+    name, stage, Params = "cluster", "train", ClusterParams
+
+    def apply(self, model: nn.Module, ctx: TuneContext) -> None:
+        p = self.params
+        cluster_model(model, p.clusters, p.init, p.preserve_sparsity, seed=ctx.seed)
+        if p.epochs:
+            ctx.fine_tune(model, p.epochs, None)
+        strip_clustering(model)

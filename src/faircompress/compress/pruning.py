@@ -64,3 +64,30 @@ class MagnitudePruner:
 
     def sparsity_report(self) -> dict[str, float]:
         return {k: float((w == 0).float().mean()) for k, w in self.weights.items()}
+
+
+# ----------------------------------------------------------------------------- recipe step
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from .recipes import STEPS, Step, StepParams, TuneContext  # noqa: E402
+
+
+class PruneParams(StepParams):
+    sparsity: float = Field(..., gt=0, lt=1, description="fraction of each kernel set to zero")
+    scope: Literal["per_tensor", "global"] = "per_tensor"
+    frequency: int = Field(32, ge=1, description="optimiser steps between mask updates")
+    epochs: int = Field(2, ge=0, description="fine-tuning epochs")
+
+
+@STEPS.register("prune")
+class PruneStep(Step):
+    name, stage, Params = "prune", "train", PruneParams
+
+    def apply(self, model: nn.Module, ctx: TuneContext) -> None:
+        p = self.params
+        pruner = MagnitudePruner(model, p.sparsity, p.frequency, p.scope)
+        if p.epochs:
+            ctx.fine_tune(model, p.epochs, pruner.after_step)
+        pruner.apply()  # the kept checkpoint was masked when chosen; this makes sure of it

@@ -1,0 +1,146 @@
+"""Post-training quantisation of an exported ONNX file (ONNX Runtime's quantisation tools).
+
+Modes:
+  int8-weights  the paper's TFLite dynamic-range setting: int8 symmetric weights (per output
+                channel), float activations, tensors under 1,024 elements and biases left float;
+                computed in float through DequantizeLinear. ONNX Runtime ships no weight-only pass
+                for Conv, so this one is written here on top of its quantisation helpers.
+  int8-static   full-integer QDQ, per-channel weights, activation ranges calibrated on training images.
+  int8-dynamic  onnxruntime.quantization.quantize_dynamic, for comparison.
+(fp16 is produced at export time: see export.py.)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+MIN_ELEMENTS = 1024  # TFLite leaves smaller tensors in float
+WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+
+
+def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """int8 symmetric (-127..127) per-output-channel weights feeding DequantizeLinear."""
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    new_nodes = []
+    for node in g.node:
+        idx = WEIGHT_INPUT.get(node.op_type)
+        name = node.input[idx] if idx is not None and len(node.input) > idx else None
+        init = inits.get(name) if name else None
+        if init is None or np.prod(init.dims) < MIN_ELEMENTS or init.data_type != onnx.TensorProto.FLOAT:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(init)
+        axis = _output_axis(node, w)
+        reduce = tuple(a for a in range(w.ndim) if a != axis)
+        scale = np.abs(w).max(axis=reduce) / 127.0
+        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        g.initializer.remove(init)
+        g.initializer.extend([
+            numpy_helper.from_array(q, name + "_int8"),
+            numpy_helper.from_array(scale, name + "_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_zero"),
+        ])
+        new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero"], [name], axis=axis,
+                                          name=name + "_dequantize"))
+        new_nodes.append(node)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    onnx.checker.check_model(model)
+    _save(model, dst)
+
+
+def _output_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
+    """The weight axis that indexes output channels."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else w.ndim - 1
+    return w.ndim - 1  # MatMul: (in, out)
+
+
+class _Calibration:
+    """Feeds calibration batches to ONNX Runtime's calibrator."""
+
+    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
+        self.batches = iter([images[i : i + batch].astype(np.float32) for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        x = next(self.batches, None)
+        return None if x is None else {"pixels": x}
+
+
+def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = Path(dst)
+    pre = dst.with_name(dst.name + ".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    try:
+        quantize_static(
+            str(pre), str(dst) + ".tmp", _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+    os.replace(str(dst) + ".tmp", dst)
+
+
+def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # ORT's CPU ConvInteger takes uint8 weights only, so weights are uint8 here
+    quantize_dynamic(str(src), str(dst) + ".tmp", weight_type=QuantType.QUInt8, per_channel=False)
+    os.replace(str(dst) + ".tmp", dst)
+
+
+def _save(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
+    tmp = str(dst) + ".tmp"
+    onnx.save_model(model, tmp, save_as_external_data=False)
+    os.replace(tmp, dst)
+
+
+# ----------------------------------------------------------------------------- recipe step
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from .recipes import STEPS, Step, StepParams  # noqa: E402
+
+
+class QuantizeParams(StepParams):
+    mode: Literal["int8-weights", "int8-static", "int8-dynamic", "fp16"] = "int8-weights"
+    calibration_images: int = Field(256, ge=1, description="training images for int8-static ranges")
+
+
+@STEPS.register("quantize")
+class QuantizeStep(Step):
+    name, stage, Params = "quantize", "export", QuantizeParams
+
+    @property
+    def fp16(self) -> bool:
+        return self.params.mode == "fp16"
+
+    def transform(self, src: Path, dst: Path, calibration: np.ndarray) -> None:
+        """src: the exported file; dst: the quantised file (fp16 is done at export: a copy)."""
+        mode = self.params.mode
+        if mode == "int8-weights":
+            quantize_weights_int8(src, dst)
+        elif mode == "int8-static":
+            quantize_static_int8(src, dst, calibration[: self.params.calibration_images])
+        elif mode == "int8-dynamic":
+            quantize_dynamic_int8(src, dst)
+        else:
+            import shutil
+
+            shutil.copyfile(src, dst)
