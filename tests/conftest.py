@@ -23,6 +23,7 @@ def tiny_overrides(tmp_path):
         "train.batch_size": 8,
         "train.precision": "fp32",
         "train.device": "cpu",
+        "evaluation.latency_runs": 3,
     }
 
 

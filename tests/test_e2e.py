@@ -37,8 +37,10 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     study = Path(tiny_overrides["output_dir"])
     store = ResultStore.open_existing(study)
     runs = store.runs()
-    assert list(runs.status) == ["finished", "finished"] and set(runs.seed) == {0, 1}
+    assert list(runs.status) == ["finished"] * 4 and list(runs.kind) == ["baseline", "baseline", "variant", "variant"]
+    assert set(runs.seed) == {0, 1}
     assert (study / runs.artefact[0]).is_file() and str(runs.artefact[0]).endswith(".safetensors")
+    assert str(runs.artefact[2]).endswith(".onnx")  # the fp32 export of each baseline is measured too
     assert not list(study.rglob("*.tmp")) and not list(study.rglob("train_state*"))
     n_test = int(store.metrics().query("name == 'n_test'").value.iloc[0])
     assert len(store.predictions(runs.run_id[0])) == n_test
@@ -46,7 +48,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     store.close()
 
     again = runner.invoke(app, ["run", str(cfg)])
-    assert again.exit_code == 0 and "ran 0, skipped 2" in again.output
+    assert again.exit_code == 0 and "ran 0, skipped 4" in again.output
     shown = runner.invoke(app, ["show", str(study)])
     assert shown.exit_code == 0 and "baseline seed=1" in shown.output
 
@@ -114,7 +116,7 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
 
     def count(status):
         with sqlite3.connect(db) as c:
-            return c.execute("SELECT COUNT(*) FROM runs WHERE status=?", (status,)).fetchone()[0]
+            return c.execute("SELECT COUNT(*) FROM runs WHERE status=? AND kind='baseline'", (status,)).fetchone()[0]
 
     # kill once a run has finished and the next one is mid-training (its epoch state is on disk)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -133,12 +135,14 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT seed, status, attempts FROM runs ORDER BY seed").fetchall()
+        rows = c.execute("SELECT seed, status, attempts FROM runs WHERE kind='baseline' ORDER BY seed").fetchall()
         preds = c.execute("SELECT run_id, COUNT(*), COUNT(DISTINCT sample) FROM predictions GROUP BY run_id").fetchall()
         epochs = c.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall()
+        n_runs = c.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs WHERE status='finished'").fetchone()
     assert [(s, st) for s, st, _ in rows] == [(0, "finished"), (1, "finished"), (2, "finished")]
     assert sorted(a for *_, a in rows)[-1] == 2  # the killed run was retried once
-    assert len(preds) == 3 and all(n == d for _, n, d in preds)
+    assert n_runs == (6, 6)  # 3 baselines and their 3 fp32 exports, each exactly once
+    assert len(preds) == 6 and all(n == d for _, n, d in preds)
     assert all(n == 3 for _, n in epochs)  # the resumed run kept the epochs it had finished
     assert not list(study.rglob("*.tmp"))
 
@@ -161,7 +165,8 @@ def test_run_killed_after_training_reuses_its_checkpoint(tmp_path, tiny_override
     cfg = load_config(None, tiny_overrides)
     run_study(cfg)
     store = ResultStore.open_existing(cfg.output_dir)
-    run_id = store.runs().run_id[0]
+    runs = store.runs()
+    run_id = runs[runs.kind == "baseline"].run_id.iloc[0]
     before = store.predictions(run_id)
     # as if killed after the checkpoint was written but before the results were committed
     store.start_run(run_id, study="x", kind="baseline", label="b", seed=0, config={}, versions={}, git_commit="")
