@@ -34,7 +34,7 @@ def run(name: str, overrides: dict) -> dict:
         raise SystemExit(f"{name}: runs failed: {report.failed}")
     store = ResultStore.open_existing(cfg.output_dir)
     runs = store.runs()
-    runs = runs[runs.status == "finished"].sort_values("seed")
+    runs = runs[(runs.status == "finished") & (runs.kind == "baseline")].sort_values("seed")
     preds = [store.predictions(r) for r in runs.run_id]
     samples = store.conn.execute("SELECT sample, subject, attributes_json FROM samples ORDER BY sample").fetchall()
     groups = json.loads(store.conn.execute("SELECT attribute_groups_json FROM datasets").fetchone()[0])

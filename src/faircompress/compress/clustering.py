@@ -48,7 +48,7 @@ def nearest(w: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(cents)
     sorted_c = cents[order]
     mids = (sorted_c[1:] + sorted_c[:-1]) / 2
-    return order[torch.bucketize(w, mids)]
+    return order[torch.bucketize(w.contiguous(), mids)]
 
 
 class Clustered(nn.Module):
@@ -109,6 +109,7 @@ class ClusterParams(StepParams):
 @STEPS.register("cluster")
 class ClusterStep(Step):
     name, stage, Params = "cluster", "train", ClusterParams
+    example = {"clusters": 8, "epochs": 1}
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params

@@ -84,6 +84,7 @@ class PruneParams(StepParams):
 @STEPS.register("prune")
 class PruneStep(Step):
     name, stage, Params = "prune", "train", PruneParams
+    example = {"sparsity": 0.5, "epochs": 1}
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params

@@ -11,7 +11,9 @@ Modes:
 """
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,19 @@ import onnx
 from onnx import helper, numpy_helper
 
 MIN_ELEMENTS = 1024  # TFLite leaves smaller tensors in float
+
+
+@contextmanager
+def _quiet_ort():
+    """ORT's quantiser logs advice on the root logger (e.g. per-channel axes of 1-D BatchNorm weights,
+    which it rightly skips); keep a study's output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
@@ -85,12 +100,13 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibra
 
     dst = Path(dst)
     pre = dst.with_name(dst.name + ".pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     try:
-        quantize_static(
-            str(pre), str(dst) + ".tmp", _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-        )
+        with _quiet_ort():
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quantize_static(
+                str(pre), str(dst) + ".tmp", _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+            )
     finally:
         pre.unlink(missing_ok=True)
     os.replace(str(dst) + ".tmp", dst)
@@ -100,7 +116,8 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Non
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ORT's CPU ConvInteger takes uint8 weights only, so weights are uint8 here
-    quantize_dynamic(str(src), str(dst) + ".tmp", weight_type=QuantType.QUInt8, per_channel=False)
+    with _quiet_ort():
+        quantize_dynamic(str(src), str(dst) + ".tmp", weight_type=QuantType.QUInt8, per_channel=False)
     os.replace(str(dst) + ".tmp", dst)
 
 
@@ -126,6 +143,7 @@ class QuantizeParams(StepParams):
 @STEPS.register("quantize")
 class QuantizeStep(Step):
     name, stage, Params = "quantize", "export", QuantizeParams
+    example = {"mode": "int8-weights"}
 
     @property
     def fp16(self) -> bool:

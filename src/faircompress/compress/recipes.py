@@ -23,12 +23,13 @@ class StepParams(BaseModel):
 
 
 class Step:
-    """One compression technique. Subclasses set ``name``, ``stage``, ``Params`` and ``fine_tune_epochs``."""
+    """One compression technique. Subclasses set ``name``, ``stage``, ``Params`` and ``example``;
+    train-stage steps implement ``apply(model, ctx)``, export-stage steps ``transform(src, dst, calibration)``."""
 
     name: ClassVar[str]
     stage: ClassVar[Literal["train", "export"]]
     Params: ClassVar[type[StepParams]]
-    fine_tune_epochs: ClassVar[int] = 0
+    example: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and registry-wide tests
 
     def __init__(self, params: StepParams) -> None:
         self.params = params
