@@ -70,30 +70,48 @@ def _pct(x: object) -> str:
 
 
 def _show(study_dir: Path) -> None:
-    from .report.tables import LEAK_NOTE, runs_table
+    from .report.tables import LEAK_NOTE, deployment_table, failed_runs, paper_table, runs_table, variant_table, write_tables
 
     store = ResultStore.open_existing(study_dir)
     try:
-        table = runs_table(store)
+        baselines = runs_table(store, kind="baseline")
         groups = store.group_metrics()
+        variants = variant_table(store)
+        fails = failed_runs(store)
+        written = write_tables(store, study_dir)
     finally:
         store.close()
-    if table.empty:
+    if baselines.empty:
         console.print(f"{study_dir}: no runs yet")
         return
     attrs = list(dict.fromkeys(groups["attribute"])) if not groups.empty else []
-    t = Table(title=f"{study_dir}: runs", title_justify="left")
+    t = Table(title=f"{study_dir}: baselines (PyTorch, test split)", title_justify="left")
     for col in ["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]]:
         t.add_column(col, justify="right" if col not in ("run", "status", "selection") else "left")
-    for _, r in table.iterrows():
+    for _, r in baselines.iterrows():
         sel = f"[yellow]{r['selection']}[/]" if r["selection"] == LEAK_NOTE else str(r["selection"] or "")
         status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {str(r['error']).splitlines()[0]}"
         t.add_row(r["label"], status, sel, _pct(r["accuracy"]), *[_pct(r.get(f"gap:{a}")) for a in attrs])
     console.print(t)
-    if (table["selection"] == LEAK_NOTE).any():
+    if (baselines["selection"] == LEAK_NOTE).any():
         console.print(
             "[yellow]warning: runs marked 'selected on test' chose their checkpoint on the test set (the authors' "
             "protocol): their test accuracies are optimistic because selection leaks test data.[/]", soft_wrap=True)
+    if variants.empty:
+        _group_tables(baselines, groups, attrs)
+    else:
+        _print_frame(paper_table(variants, digits=1, gaps=True),
+                     "variants in ONNX Runtime: zipped size, accuracy (%) and gap between groups (pp), mean ± std over baselines and repeats")
+        for attr in attrs:
+            _print_frame(paper_table(variants, digits=1, attribute=attr), f"accuracy (%) by {attr}")
+        _print_frame(deployment_table(variants), "variants: deployment measures of the exported files (means)")
+    if not fails.empty:
+        _print_frame(fails, "[red]failed runs[/]")
+    for f in written:
+        console.print(f"wrote {f}")
+
+
+def _group_tables(table, groups, attrs) -> None:
     for attr in attrs:
         cols = [c for c in table.columns if c.startswith(f"{attr}:")]
         counts = groups[groups["attribute"] == attr].groupby("grp")["count"].first()
@@ -106,6 +124,15 @@ def _show(study_dir: Path) -> None:
             if r["status"] == "finished":
                 ta.add_row(r["label"], *[_pct(r[c]) for c in cols])
         console.print(ta)
+
+
+def _print_frame(df, title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(df.columns):
+        t.add_column(str(c), justify="left" if i == 0 else "right")
+    for row in df.astype(str).itertuples(index=False):
+        t.add_row(*row)
+    console.print(t)
 
 
 class _RichHooks:

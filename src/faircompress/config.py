@@ -102,6 +102,19 @@ class EvaluationConfig(Strict):
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
 
 
+def paper_grid(prune_levels: list[float], clusters: tuple[int, ...] = (4, 8, 16, 32, 64, 128)) -> list[list[dict[str, Any]]]:
+    """The paper's experiment grid: int8 (weights) on the baseline; pruning and clustering at every
+    level, each alone and followed by int8 (weights). The fp32 baseline export is always measured."""
+    quant = {"quantize": {"mode": "int8-weights"}}
+    prune = [[{"prune": {"sparsity": s}}] for s in prune_levels]
+    cluster = [[{"cluster": {"clusters": n}}] for n in clusters]
+    return [[quant], *prune, *cluster, *[r + [quant] for r in prune], *[r + [quant] for r in cluster]]
+
+
+CKPLUS_PRUNE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+RAFDB_PRUNE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
 class StudyConfig(Strict):
     name: str = "synthetic"
     output_dir: Path = Field(Path("runs/synthetic"), description="study directory: results.sqlite and artefacts")
@@ -110,7 +123,8 @@ class StudyConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], description="one baseline is trained per seed")
     recipes: list[list[dict[str, Any]]] = Field(
-        default_factory=list, description="compression recipes, each a list of steps; each is applied to every baseline"
+        default_factory=lambda: paper_grid(CKPLUS_PRUNE_LEVELS), validate_default=True,
+        description="compression recipes, each a list of steps, applied to every baseline (default: the paper's CK+ grid)",
     )
     repeats: int = Field(3, ge=1, le=100, description="fine-tuning repeats per recipe (recipes with no fine-tuning run once)")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -215,4 +229,5 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
 
 
 def dump_config(cfg: StudyConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """YAML with innermost mappings and lists in flow style, so each recipe step is one line."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=120)

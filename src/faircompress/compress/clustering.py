@@ -111,6 +111,10 @@ class ClusterStep(Step):
     name, stage, Params = "cluster", "train", ClusterParams
     example = {"clusters": 8, "epochs": 1}
 
+    def short(self) -> str:
+        p = self.params
+        return f"cluster {p.clusters}" + self._extras("clusters")
+
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
         cluster_model(model, p.clusters, p.init, p.preserve_sparsity, seed=ctx.seed)

@@ -86,6 +86,10 @@ class PruneStep(Step):
     name, stage, Params = "prune", "train", PruneParams
     example = {"sparsity": 0.5, "epochs": 1}
 
+    def short(self) -> str:
+        p = self.params
+        return f"prune {p.sparsity:.0%}" + (" global" if p.scope == "global" else "") + self._extras("sparsity", "scope")
+
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
         pruner = MagnitudePruner(model, p.sparsity, p.frequency, p.scope)

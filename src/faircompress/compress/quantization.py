@@ -144,6 +144,10 @@ class QuantizeParams(StepParams):
 class QuantizeStep(Step):
     name, stage, Params = "quantize", "export", QuantizeParams
     example = {"mode": "int8-weights"}
+    always_label = ("mode",)
+
+    def short(self) -> str:
+        return self.params.mode + self._extras("mode")
 
     @property
     def fp16(self) -> bool:

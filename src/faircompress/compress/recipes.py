@@ -30,13 +30,24 @@ class Step:
     stage: ClassVar[Literal["train", "export"]]
     Params: ClassVar[type[StepParams]]
     example: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and registry-wide tests
+    always_label: ClassVar[tuple[str, ...]] = ()  # parameters named in labels even at their defaults
 
     def __init__(self, params: StepParams) -> None:
         self.params = params
 
+    def short(self) -> str:
+        """A table-friendly name, e.g. 'prune 50%'; subclasses override. Defaults to `label`."""
+        return self.label()
+
+    def _extras(self, *main: str) -> str:
+        """Non-default parameters other than ``main``, as ' [k=v, ...]'."""
+        rest = {k: v for k, v in self.params.model_dump(exclude_defaults=True).items() if k not in main}
+        return f" [{', '.join(f'{k}={v}' for k, v in rest.items())}]" if rest else ""
+
     def label(self) -> str:
-        """Short form: only the parameters that differ from their defaults (required ones included)."""
-        inner = ", ".join(f"{k}={v}" for k, v in self.params.model_dump(exclude_defaults=True).items())
+        """Full form: the parameters that differ from their defaults (required ones included)."""
+        shown = self.params.model_dump(exclude_defaults=True) | {k: getattr(self.params, k) for k in self.always_label}
+        inner = ", ".join(f"{k}={v}" for k, v in shown.items())
         return f"{self.name}({inner})"
 
 
@@ -62,7 +73,7 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        return " + ".join(s.label() for s in self.steps) or "baseline (fp32)"
+        return " + ".join(s.short() for s in self.steps) or "baseline (fp32)"
 
     @property
     def train_steps(self) -> tuple[Step, ...]:
