@@ -168,7 +168,7 @@ class _RichHooks:
         console.print(f"[red]✗ {spec.label}[/]: {error}")
 
     def batch(self, epoch: int, done: int, total: int) -> None:
-        desc = f"epoch {epoch}/{self.epochs}"
+        desc = f"epoch {epoch}"
         if self.task is None:
             self.task = self.progress.add_task(desc, total=total)
         self.progress.update(self.task, completed=done, total=total, description=desc)
