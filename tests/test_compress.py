@@ -4,6 +4,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import TINY_DATA
 from onnx import numpy_helper
 
 from faircompress.compress.clustering import cluster_model, distinct_values, strip_clustering
@@ -16,8 +17,6 @@ from faircompress.data.synthetic import SyntheticParams, generate
 from faircompress.evaluate.size import onnx_size_report, zipped_size
 from faircompress.models import build_model
 from faircompress.train import fit
-
-from conftest import TINY_DATA
 
 SIZE = 16  # input side: the paper's CNN at its smallest
 
@@ -52,7 +51,7 @@ def _run(path, n=4):
 def test_every_registered_step_parses_its_example_and_runs(name, tiny, tmp_path):
     step = STEPS.get(name)
     recipe = parse_recipe([{name: step.example}])
-    assert recipe.label.startswith(name)
+    assert recipe.label and recipe.steps[0].label().startswith(name)
     model = _model()
     for s in recipe.train_steps:
         s.apply(model, _ctx(tiny))

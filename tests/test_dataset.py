@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import TINY_DATA
 
 from faircompress.data.dataset import UNKNOWN, FaceDataset
 from faircompress.data.registry import DATASETS, load_dataset
 from faircompress.data.synthetic import SyntheticParams
-
-from conftest import TINY_DATA
 
 
 def _tiny(n=6):

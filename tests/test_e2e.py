@@ -33,7 +33,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     cfg = _write_config(tmp_path / "study.yaml", {**tiny_overrides, "seeds": [0, 1]})
     res = runner.invoke(app, ["run", str(cfg)])
     assert res.exit_code == 0, res.output
-    assert "accuracy by gender" in res.output and "female" in res.output and "skin_tone" in res.output
+    assert "accuracy (%) by gender" in res.output and "female" in res.output and "skin_tone" in res.output
     study = Path(tiny_overrides["output_dir"])
     store = ResultStore.open_existing(study)
     runs = store.runs()

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import TINY_DATA
 from pydantic import ValidationError
 
 from faircompress.data.dataset import SPLITS
 from faircompress.data.synthetic import CKPLUS_CLASSES, RAFDB_CLASSES, SyntheticParams, generate
-
-from conftest import TINY_DATA
 
 
 @pytest.fixture(scope="module")

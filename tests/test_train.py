@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA
 
 from faircompress.config import TrainConfig
 from faircompress.data.synthetic import SyntheticParams, generate
 from faircompress.models import build_model
 from faircompress.train import augment, fit, load_checkpoint, predict, resolve_precision, save_checkpoint
-
-from conftest import TINY_DATA
 
 
 @pytest.fixture(scope="module")

@@ -199,9 +199,9 @@ def data_synth(
     import yaml
     from pydantic import ValidationError
 
-    from .config import _nested
-    from .data.synthetic import SyntheticParams, generate
+    from .config import format_errors
     from .data.export import write_image_folder
+    from .data.synthetic import SyntheticParams, generate
 
     raw: dict = {}
     if params is not None:
@@ -215,7 +215,7 @@ def data_synth(
     try:
         p = SyntheticParams.model_validate(raw)
     except ValidationError as e:
-        _fail(f"{params or 'options'}: invalid synthetic parameters: {_nested(e)}")
+        _fail(f"{params or 'options'}: invalid synthetic parameters: {format_errors(e)}")
     ds = generate(p)
     try:
         n = write_image_folder(ds, out)

@@ -46,7 +46,7 @@ class DatasetConfig(Strict):
             # normalise to the loader's full parameter set so identity hashes are stable
             return DATASETS.get(name).params.model_validate(v).model_dump(mode="json")
         except ValidationError as e:
-            raise ValueError(_nested(e)) from None
+            raise ValueError(format_errors(e)) from None
 
 
 class ModelConfig(Strict):
@@ -201,7 +201,7 @@ def _describe(err: ValidationError, path: Path | None, root: yaml.Node | None) -
     return "\n".join(lines)
 
 
-def _nested(err: ValidationError) -> str:
+def format_errors(err: ValidationError) -> str:
     """One line per error of a nested model, as 'sub.field: message'."""
     parts = []
     for item in err.errors():

@@ -169,7 +169,7 @@ def fit(
         try:
             start_epoch, best_state = _load_state(state_path, model, opt, sched, shuffle_gen, aug_gen, res)
         except StaleState as e:  # checked before anything is applied: training simply starts afresh
-            warnings.warn(f"{state_path}: {e}; training from epoch 1")
+            warnings.warn(f"{state_path}: {e}; training from epoch 1", stacklevel=2)
             Path(state_path).unlink(missing_ok=True)
 
     n, bs = len(tr), cfg.batch_size

@@ -9,11 +9,15 @@ Stripping replaces each kernel by ``c[idx]``: at most N distinct values (plus ex
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .pruning import prunable
+from .recipes import STEPS, Step, StepParams, TuneContext
 
 
 def linear_init(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -68,7 +72,7 @@ class Clustered(nn.Module):
 def cluster_model(model: nn.Module, clusters: int, init: str = "linear", preserve_sparsity: bool = False, seed: int = 0) -> nn.Module:
     """Attach a clustering parametrization to every conv and dense kernel (in place)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for name, m in model.named_modules():
+    for m in model.modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         w = m.weight.detach()
@@ -90,14 +94,7 @@ def strip_clustering(model: nn.Module) -> nn.Module:
 def distinct_values(model: nn.Module) -> dict[str, int]:
     return {k: int(torch.unique(w.detach()).numel()) for k, w in prunable(model).items()}
 
-
 # ----------------------------------------------------------------------------- recipe step
-from typing import Literal  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from .recipes import STEPS, Step, StepParams, TuneContext  # noqa: E402
-
 
 class ClusterParams(StepParams):
     clusters: int = Field(..., ge=2, le=65536, description="centroids per kernel")

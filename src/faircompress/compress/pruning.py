@@ -8,8 +8,13 @@ zeros are simply part of the weights: nothing of the pruning machinery is left i
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
+
+from .recipes import STEPS, Step, StepParams, TuneContext
 
 
 def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -65,14 +70,7 @@ class MagnitudePruner:
     def sparsity_report(self) -> dict[str, float]:
         return {k: float((w == 0).float().mean()) for k, w in self.weights.items()}
 
-
 # ----------------------------------------------------------------------------- recipe step
-from typing import Literal  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from .recipes import STEPS, Step, StepParams, TuneContext  # noqa: E402
-
 
 class PruneParams(StepParams):
     sparsity: float = Field(..., gt=0, lt=1, description="fraction of each kernel set to zero")

@@ -15,10 +15,14 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from pydantic import Field
+
+from .recipes import STEPS, Step, StepParams
 
 MIN_ELEMENTS = 1024  # TFLite leaves smaller tensors in float
 
@@ -126,14 +130,7 @@ def _save(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
     onnx.save_model(model, tmp, save_as_external_data=False)
     os.replace(tmp, dst)
 
-
 # ----------------------------------------------------------------------------- recipe step
-from typing import Literal  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from .recipes import STEPS, Step, StepParams  # noqa: E402
-
 
 class QuantizeParams(StepParams):
     mode: Literal["int8-weights", "int8-static", "int8-dynamic", "fp16"] = "int8-weights"

@@ -1,10 +1,8 @@
 """Result tables from a study's store (torch-free)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..store import ResultStore
