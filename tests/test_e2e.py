@@ -50,7 +50,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     again = runner.invoke(app, ["run", str(cfg)])
     assert again.exit_code == 0 and "ran 0, skipped 4" in again.output
     shown = runner.invoke(app, ["show", str(study)])
-    assert shown.exit_code == 0 and "baseline seed=1" in shown.output
+    assert shown.exit_code == 0 and "seed=1" in shown.output and "baseline (fp32)" in shown.output
 
 
 def test_test_selection_is_labelled_as_leaking(tmp_path, tiny_overrides):
