@@ -138,13 +138,34 @@ def _exact_counts(props: list[float], n: int) -> np.ndarray:
     return counts
 
 
+def _spread(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels with exactly ``counts[v]`` copies of each v, interleaved so that every contiguous run
+    holds them in near-proportional numbers (a low-discrepancy order with a random phase per label)."""
+    labels = np.concatenate([np.full(c, v) for v, c in enumerate(counts)]).astype(int)
+    pos = np.concatenate([(np.arange(c) + rng.uniform()) / c for c in counts if c])
+    return labels[np.argsort(pos, kind="stable")]
+
+
+def _stratified(keys: list[np.ndarray], counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Assign labels with exact ``counts`` so that they are spread evenly within the strata ``keys``."""
+    n = int(np.sum(counts))
+    order = np.lexsort((rng.random(n), *reversed(keys)))  # by keys[0], then keys[1], ..., random within
+    out = np.empty(n, dtype=int)
+    out[order] = _spread(counts, rng)
+    return out
+
+
 def _sample_subjects(p: SyntheticParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-subject attributes (exact proportions, independently shuffled) and identity features."""
+    """Per-subject attributes with exact overall proportions, and identity features.
+
+    Each attribute is spread evenly within the groups of the attributes before it, so the attributes
+    are (nearly exactly) independent: a gender gap cannot come from, say, more children among one
+    gender's subjects."""
     n = p.subjects
     subj: dict[str, np.ndarray] = {}
     for attr, groups in ATTRIBUTE_GROUPS.items():
         props = p.proportions.get(attr, [1.0] * len(groups))
-        subj[attr] = rng.permutation(np.repeat(np.arange(len(groups)), _exact_counts(props, n)))
+        subj[attr] = _stratified([subj[a] for a in subj], _exact_counts(props, n), rng)
     # identity: persistent face shape and features
     subj["face_w"] = rng.uniform(0.5, 0.6, n)
     subj["face_h"] = rng.uniform(0.7, 0.8, n)
@@ -170,15 +191,11 @@ def _group_factor(p: SyntheticParams, subj: dict[str, np.ndarray], knob: str) ->
 
 
 def _split_subjects(p: SyntheticParams, subj: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Subject-disjoint split, stratified by gender presentation so every split has both groups."""
-    split = np.zeros(p.subjects, dtype=np.int8)
-    for g in np.unique(subj["gender"]):
-        members = rng.permutation(np.flatnonzero(subj["gender"] == g))
-        n_test = int(round(len(members) * p.test_fraction))
-        n_val = int(round(len(members) * p.val_fraction))
-        split[members[:n_test]] = SPLITS.index("test")
-        split[members[n_test : n_test + n_val]] = SPLITS.index("val")
-    return split
+    """Subject-disjoint split, stratified by every attribute so each split has the same composition."""
+    n_test = int(round(p.subjects * p.test_fraction))
+    n_val = int(round(p.subjects * p.val_fraction))
+    counts = np.array([p.subjects - n_test - n_val, n_val, n_test])  # SPLITS order: train, val, test
+    return _stratified([subj[a] for a in ATTRIBUTE_GROUPS], counts, rng).astype(np.int8)
 
 
 def _sample_images(p: SyntheticParams, subj: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -404,4 +421,4 @@ def generate(p: SyntheticParams) -> FaceDataset:
     )
 
 
-DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=generate, version="2"))
+DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=generate, version="3"))
