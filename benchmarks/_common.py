@@ -19,7 +19,10 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 class PrintHooks:
     def run_started(self, spec, i, n): print(f"  training {spec.label} ...", flush=True)
     def run_skipped(self, spec): print(f"  {spec.label}: finished earlier, reused", flush=True)
-    def run_finished(self, spec, r): print(f"  {spec.label}: test accuracy {r.metrics['accuracy']:.4f} ({r.precision}, {r.timings['train_s']:.0f}s)", flush=True)
+    def run_finished(self, spec, r):
+        secs = sum(v for k, v in r.timings.items())
+        print(f"  {spec.label}: test accuracy {r.metrics['accuracy']:.4f} ({r.precision}, {secs:.0f}s)", flush=True)
+
     def run_failed(self, spec, e): print(f"  {spec.label}: FAILED {e}", flush=True)
     def batch(self, *a): pass
     def epoch(self, log): pass
@@ -27,7 +30,7 @@ class PrintHooks:
 
 def run(name: str, overrides: dict) -> dict:
     """Run (or reuse) a study and return per-seed predictions with subjects and attributes."""
-    cfg = load_config(None, {"output_dir": str(BENCH_DIR / name), "name": name, **overrides})
+    cfg = load_config(None, {"output_dir": str(BENCH_DIR / name), "name": name, "recipes": [], **overrides})
     print(f"[{name}]", flush=True)
     report = run_study(cfg, PrintHooks())
     if report.failed:

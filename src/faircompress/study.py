@@ -182,13 +182,14 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
                 result = run_variant(cfg, spec, data, out, hooks)
             result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(spec.run_id, result)
-            report.ran.append(spec.run_id)
-            hooks.run_finished(spec, result)
         except Exception as e:  # a failed run is recorded; the study carries on
             msg = f"{type(e).__name__}: {e}"
             store.fail_run(spec.run_id, msg + "\n" + traceback.format_exc(limit=8))
             report.failed[spec.run_id] = msg
             hooks.run_failed(spec, msg)
+        else:
+            report.ran.append(spec.run_id)
+            hooks.run_finished(spec, result)
     return report
 
 
