@@ -182,3 +182,19 @@ def test_run_killed_after_training_reuses_its_checkpoint(tmp_path, tiny_override
     assert store.predictions(run_id).equals(before)
     assert len(store.conn.execute("SELECT * FROM epochs WHERE run_id=?", (run_id,)).fetchall()) == 2
     store.close()
+
+
+def test_a_progress_hook_error_does_not_mark_a_stored_run_failed(tiny_overrides):
+    from faircompress.config import load_config
+    from faircompress.study import Hooks, run_study
+
+    class Broken(Hooks):
+        def run_finished(self, spec, result):
+            raise KeyError("display bug")
+
+    cfg = load_config(None, {**tiny_overrides, "train.epochs": 1})
+    with pytest.raises(KeyError, match="display bug"):
+        run_study(cfg, Broken())
+    store = ResultStore.open_existing(cfg.output_dir)
+    assert list(store.runs().status) == ["finished"]  # committed before the hook ran, and left so
+    store.close()
