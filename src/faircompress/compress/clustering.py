@@ -55,6 +55,26 @@ def nearest(w: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
     return order[torch.bucketize(w.contiguous(), mids)]
 
 
+class _GatherStraightThrough(torch.autograd.Function):
+    """c[nearest(w)] whose backward passes the gradient straight to ``w`` and sums it per centroid.
+
+    Same values and gradients as ``c[idx] + (w - w.detach())``, without autograd's scatter-add for
+    the indexing (slow on CPU for millions of weights) or the extra elementwise ops."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        idx = nearest(w.detach(), c.detach())
+        ctx.save_for_backward(idx)
+        ctx.k = c.numel()
+        return c[idx]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        grad_c = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).float(), minlength=ctx.k)
+        return grad, grad_c.to(grad.dtype)
+
+
 class Clustered(nn.Module):
     """Parametrization: weight = centroids[nearest(latent)] with straight-through gradients."""
 
@@ -64,8 +84,7 @@ class Clustered(nn.Module):
         self.register_buffer("keep", keep)  # preserve_sparsity: where the weight was non-zero
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        c = self.centroids
-        out = c[nearest(w.detach(), c.detach())] + (w - w.detach())
+        out = _GatherStraightThrough.apply(w, self.centroids)
         return out if self.keep is None else out * self.keep
 
 
