@@ -78,7 +78,7 @@ def _show(study_dir: Path) -> None:
         groups = store.group_metrics()
         variants = variant_table(store)
         fails = failed_runs(store)
-        written = write_tables(store, study_dir)
+        written = write_tables(store, study_dir, variants)
     finally:
         store.close()
     if baselines.empty:

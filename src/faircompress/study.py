@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import StudyConfig
+from .config import StudyConfig, dump_config
 from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
 from .store import ResultStore, RunResult, StoreError
 
@@ -48,11 +48,10 @@ class RunSpec:
         training steps (e.g. prune 50 % and prune 50 % + int8) share it, so it is trained once."""
         from .compress.recipes import parse_recipe
 
-        steps = parse_recipe(self.recipe or []).train_steps
-        if not steps:
+        recipe = parse_recipe(self.recipe or [])
+        if not recipe.train_steps:
             return self.baseline_id or ""
-        return _hash({"baseline": self.baseline_id, "steps": [{s.name: s.params.model_dump(mode="json")} for s in steps],
-                      "repeat": self.repeat})
+        return _hash({"baseline": self.baseline_id, "steps": recipe.key(recipe.train_steps), "repeat": self.repeat})
 
 
 def plan(cfg: StudyConfig) -> list[RunSpec]:
@@ -151,7 +150,7 @@ def study_lock(out: Path) -> Iterator[None]:
 
 def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -> StudyReport:
     tmp = out / "config.yaml.tmp"
-    tmp.write_text(_dump(cfg))
+    tmp.write_text(dump_config(cfg))
     tmp.replace(out / "config.yaml")
     specs = plan(cfg)
     todo = [s for s in specs if store.status(s.run_id) != "finished"]
@@ -226,9 +225,3 @@ def _execute(cfg: StudyConfig, spec: RunSpec, data, art: Path, hooks: Hooks) -> 
         timings={"train_s": fitres.seconds, "setup_s": t1 - t0 - fitres.seconds, "eval_s": time.perf_counter() - t1},
         device=str(device), precision=fitres.precision, selection=cfg.train.selection, artefact=str(ckpt),
     )
-
-
-def _dump(cfg: StudyConfig) -> str:
-    from .config import dump_config
-
-    return dump_config(cfg)

@@ -99,9 +99,10 @@ def failed_runs(store: ResultStore) -> pd.DataFrame:
     return pd.DataFrame({"run": bad.label, "error": bad.error.fillna("").str.split("\n", regex=False).str[0]})
 
 
-def write_tables(store: ResultStore, study_dir: Path) -> list[Path]:
-    """Markdown and CSV of the study's tables under ``study_dir/tables`` (temp name, then rename)."""
-    table = variant_table(store)
+def write_tables(store: ResultStore, study_dir: Path, table: pd.DataFrame | None = None) -> list[Path]:
+    """Markdown and CSV of the study's tables under ``study_dir/tables`` (temp name, then rename).
+    ``table``: an already computed `variant_table`."""
+    table = variant_table(store) if table is None else table
     if table.empty:
         return []
     out = Path(study_dir) / "tables"
