@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_DATA
 from onnx import numpy_helper
 
-from faircompress.compress.clustering import cluster_model, distinct_values, strip_clustering
+from faircompress.compress.clustering import Clustered, cluster_model, distinct_values, nearest, strip_clustering
 from faircompress.compress.export import export_onnx
 from faircompress.compress.pruning import MagnitudePruner, magnitude_masks, prunable
 from faircompress.compress.quantization import quantize_dynamic_int8, quantize_static_int8, quantize_weights_int8
@@ -119,6 +119,36 @@ def test_clustering_gradients_reach_centroids_and_latent_weights():
     assert cents.grad is not None and cents.grad.abs().sum() > 0
     assert conv.parametrizations.weight.original.grad.abs().sum() > 0  # straight-through
     assert torch.unique(conv.weight).numel() <= 8
+
+
+@pytest.mark.parametrize("k", [2, 3, 16, 128])
+def test_nearest_matches_brute_force(k):
+    gen = torch.Generator().manual_seed(k)
+    w = torch.randn(5000, generator=gen) * 0.05
+    for cents in (torch.linspace(-0.1, 0.1, k),  # sorted, evenly spaced (the linear init)
+                  torch.randn(k, generator=gen) * 0.05,  # unsorted, uneven
+                  torch.cat([torch.tensor([0.01, 0.01 + 1e-9]), torch.randn(k - 2, generator=gen)])[:k]):  # nearly merged
+        idx = nearest(w, cents)
+        dist = (w[:, None] - cents[None]).abs()
+        assert idx.shape == w.shape and idx.dtype == torch.int64
+        assert torch.allclose(dist.gather(1, idx[:, None])[:, 0], dist.min(1).values, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (8, 1, 3, 3)])
+def test_clustered_weight_keeps_layout_and_reference_gradients(shape):
+    latent = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    clustered = Clustered(torch.linspace(-2, 2, 6))
+    out = clustered(latent)
+    assert out.stride() == latent.stride()  # channels_last kernels keep the fast convolution paths
+    upstream = torch.randn(shape)
+    (out * upstream).sum().backward()
+    ref_c = clustered.centroids.detach().clone().requires_grad_()
+    ref_w = latent.detach().clone().requires_grad_()
+    idx = nearest(ref_w.detach(), ref_c.detach())
+    ((ref_c[idx] + (ref_w - ref_w.detach())) * upstream).sum().backward()
+    assert torch.equal(out.detach(), ref_c.detach()[idx])
+    assert torch.allclose(clustered.centroids.grad, ref_c.grad, atol=1e-5)
+    assert torch.allclose(latent.grad, ref_w.grad)
 
 
 def test_preserve_sparsity_keeps_pruned_zeros(tiny):

@@ -9,6 +9,7 @@ Stripping replaces each kernel by ``c[idx]``: at most N distinct values (plus ex
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -47,31 +48,75 @@ def kmeans_pp_init(w: torch.Tensor, n: int, generator: torch.Generator, sample: 
     return cents
 
 
+_GRID_MAX = 1 << 16  # lookup cells; beyond this (centroids nearly merged) fall back to bucketize
+
+
 def nearest(w: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid for each weight; memory O(numel), not O(numel x N)."""
-    order = torch.argsort(cents)
-    sorted_c = cents[order]
+    """Index of the nearest centroid for each weight (int64, shape of ``w``); memory O(numel).
+
+    Runs on every forward pass of a clustered model, so it avoids ``bucketize`` (a binary search per
+    weight): a uniform grid whose cells are narrower than the smallest gap between decision
+    boundaries holds at most one boundary per cell, so a cell lookup plus one comparison finds the
+    bucket. Weights within float rounding of a boundary may go to either side (an exact tie)."""
+    flat = w.reshape(-1)
+    sorted_c, order = torch.sort(cents)
+    if bool((order == torch.arange(len(order), device=order.device)).all()):
+        order = None
     mids = (sorted_c[1:] + sorted_c[:-1]) / 2
-    return order[torch.bucketize(w.contiguous(), mids)]
+    idx = _bucket_grid(flat, mids) if len(mids) > 1 else None
+    if idx is None:
+        idx = torch.bucketize(flat.contiguous(), mids)
+    if order is not None:
+        idx = order.index_select(0, idx)
+    return idx.view(w.shape)
+
+
+def _bucket_grid(flat: torch.Tensor, mids: torch.Tensor) -> torch.Tensor | None:
+    lo, hi = float(mids[0]), float(mids[-1])
+    gap = float((mids[1:] - mids[:-1]).min())
+    if not gap > 0 or (hi - lo) / gap > _GRID_MAX / 2:
+        return None
+    h = gap / 2
+    cells = int(math.ceil((hi - lo) / h)) + 2  # cell g starts at lo - h + g*h; the last starts >= hi
+    edges = (lo - h) + h * torch.arange(cells, dtype=torch.float64, device=mids.device)
+    first = torch.bucketize(edges, mids.double(), right=True)  # bucket of each cell's left edge
+    above = torch.cat([mids, mids.new_tensor([math.inf])]).index_select(0, first)  # next boundary
+    cell = torch.add(flat.new_tensor(1.0 - lo / h), flat, alpha=1.0 / h).clamp_(0, cells - 1).long()
+    idx = first.index_select(0, cell)
+    return idx.add_((flat >= above.index_select(0, cell)).long())
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """Dimension order in which ``t`` is laid out in memory (e.g. NHWC for channels_last)."""
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
 
 
 class _GatherStraightThrough(torch.autograd.Function):
     """c[nearest(w)] whose backward passes the gradient straight to ``w`` and sums it per centroid.
 
     Same values and gradients as ``c[idx] + (w - w.detach())``, without autograd's scatter-add for
-    the indexing (slow on CPU for millions of weights) or the extra elementwise ops."""
+    the indexing (slow on CPU for millions of weights) or the extra elementwise ops. The result keeps
+    the latent's memory layout: a channels_last kernel must stay channels_last, or the convolutions
+    (and the pooling after them) fall onto much slower paths."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        idx = nearest(w.detach(), c.detach())
+        order = _memory_order(w)
+        latent = w.detach().permute(order)
+        dense = latent.is_contiguous()
+        if not dense:  # e.g. a strided view: work in logical order, return a contiguous weight
+            order, latent = list(range(w.dim())), w.detach().contiguous()
+        idx = nearest(latent, c.detach())  # contiguous, elements in w's memory order
         ctx.save_for_backward(idx)
-        ctx.k = c.numel()
-        return c[idx]
+        ctx.order, ctx.k = order, c.numel()
+        values = c.index_select(0, idx.reshape(-1))
+        return values.as_strided(w.shape, w.stride()) if dense else values.view(w.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (idx,) = ctx.saved_tensors
-        grad_c = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).float(), minlength=ctx.k)
+        g = grad.permute(ctx.order).reshape(-1)  # same element order as idx
+        grad_c = torch.bincount(idx.reshape(-1), weights=g.float(), minlength=ctx.k)
         return grad, grad_c.to(grad.dtype)
 
 
