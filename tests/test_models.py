@@ -39,3 +39,24 @@ def test_every_registered_model_builds_and_runs(name, channels, size, classes):
 def test_too_small_input_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         build_model("paper_cnn", in_channels=1, num_classes=8, input_size=8)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_fast_dropout_matches_dropout_statistics(p):
+    from faircompress.models.layers import Dropout
+
+    drop = Dropout(p).train()
+    x = torch.ones(64, 32, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(0)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - p) < 0.01
+    assert abs(y.mean().item() - 1) < 0.02  # kept values scaled by 1 / (1 - p)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient = mask x scale
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded
+    flat = drop(torch.ones(10_000, 8))  # each of the four 16-bit lanes of a draw is uniform
+    for lane in range(4):
+        assert abs((flat.reshape(-1, 4)[:, lane] == 0).float().mean().item() - p) < 0.02
+    assert drop.eval()(x) is x

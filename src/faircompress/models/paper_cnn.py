@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import Dropout
 from .registry import MODELS
 
 
@@ -20,11 +21,11 @@ class Rescale(nn.Module):
 
 def _conv_block(cin: int, cout: int, k: int, dropout: float) -> list[nn.Module]:
     # Keras `same` padding for odd kernels; pooling floors odd sizes like Keras (25 -> 12).
-    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Dropout(dropout)]
+    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2), Dropout(dropout)]
 
 
 def _dense_block(cin: int, cout: int, dropout: float) -> list[nn.Module]:
-    return [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+    return [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU(inplace=True), Dropout(dropout)]
 
 
 class PaperCNN(nn.Module):
