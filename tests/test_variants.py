@@ -85,3 +85,11 @@ def test_a_failing_variant_is_recorded_and_the_study_carries_on(grid_cfg, monkey
     monkeypatch.setattr(QuantizeStep, "transform", real)
     again = run_study(grid_cfg)  # the failed variant is retried, the rest skipped
     assert len(again.ran) == 1 and not again.failed
+
+
+def test_throughput_comes_from_the_timed_full_batches_of_the_test_pass():
+    from faircompress.evaluate.runtime import throughput_from_batches
+
+    # 300 images at batch 64: four full batches and a partial one; the first is a warm-up
+    assert throughput_from_batches([9.0, 0.5, 0.5, 0.6, 0.01], 64, 300) == pytest.approx(128)
+    assert throughput_from_batches([9.0, 0.5, 0.5], 64, 192) is None  # too few to time: measured apart

@@ -17,19 +17,24 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(sess, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Predicted classes for uint8 images (N, C, H, W)."""
+def onnx_predict(sess, images: np.ndarray, batch: int = 256, seconds: list[float] | None = None) -> np.ndarray:
+    """Predicted classes for uint8 images (N, C, H, W); appends each batch's run time to ``seconds``."""
     name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: images[i : i + batch].astype(np.float32)})[0].argmax(1) for i in range(0, len(images), batch)]
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].astype(np.float32)
+        t = time.perf_counter()
+        logits = sess.run(None, {name: x})[0]
+        if seconds is not None:
+            seconds.append(time.perf_counter() - t)
+        out.append(logits.argmax(1))
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-def onnx_latency(sess, image_shape: tuple[int, ...], runs: int = 50, batch: int = 64, batch_runs: int = 5) -> dict[str, float]:
-    """CPU latency at batch 1 (median of ``runs``, ms) and throughput at ``batch`` (images/s)."""
+def onnx_latency(sess, image_shape: tuple[int, ...], runs: int = 50) -> float:
+    """CPU latency at batch 1: median of ``runs`` after 3 warm-up runs, in ms."""
     name = sess.get_inputs()[0].name
-    rng = np.random.default_rng(0)
-    one = rng.integers(0, 256, (1, *image_shape)).astype(np.float32)
-    many = rng.integers(0, 256, (batch, *image_shape)).astype(np.float32)
+    one = np.random.default_rng(0).integers(0, 256, (1, *image_shape)).astype(np.float32)
     for _ in range(3):
         sess.run(None, {name: one})
     times = []
@@ -37,9 +42,27 @@ def onnx_latency(sess, image_shape: tuple[int, ...], runs: int = 50, batch: int 
         t = time.perf_counter()
         sess.run(None, {name: one})
         times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+MIN_TIMED_BATCHES = 3
+
+
+def onnx_throughput(sess, image_shape: tuple[int, ...], batch: int = 64, runs: int = 5) -> float:
+    """Images per second at ``batch``, from the median of ``runs`` timed batches after a warm-up."""
+    name = sess.get_inputs()[0].name
+    many = np.random.default_rng(0).integers(0, 256, (batch, *image_shape)).astype(np.float32)
     sess.run(None, {name: many})
-    t = time.perf_counter()
-    for _ in range(batch_runs):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
         sess.run(None, {name: many})
-    per_batch = (time.perf_counter() - t) / batch_runs
-    return {"latency_ms": 1000 * statistics.median(times), "throughput_ips": batch / per_batch}
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def throughput_from_batches(seconds: list[float], batch: int, n_images: int) -> float | None:
+    """Images per second from the timed full batches of a prediction pass (the first is a warm-up);
+    None when there are too few full batches to time."""
+    full = seconds[1 : n_images // batch]
+    return batch / statistics.median(full) if len(full) >= MIN_TIMED_BATCHES else None
