@@ -20,9 +20,9 @@ def test_paper_cnn_rafdb_trainable_parameter_count():
 
 def test_paper_cnn_layer_shapes_follow_table_1():
     m = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=48).eval()
-    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (3, 3)), (128, (5, 5)), (512, (3, 3)), (512, (3, 3))]
-    dense = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    dense = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
     assert [(d.in_features, d.out_features) for d in dense] == [(4608, 256), (256, 512), (512, 8)]
 
 

@@ -13,7 +13,7 @@ from .config import ConfigError, load_config
 from .store import ResultStore, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="What does model compression do to the fairness of a FER model?")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate, inspect.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate, check.")
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
@@ -31,11 +31,14 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="study config (YAML); default: the built-in synthetic study"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (overrides output_dir)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
 ) -> None:
     """Run a study; finished runs already in the study directory are skipped."""
     overrides = {}
     if out is not None:
         overrides["output_dir"] = str(out)
+    if data is not None:
+        overrides["dataset.params.root"] = str(data)
     if device is not None:
         overrides["train.device"] = device
     try:
@@ -45,10 +48,12 @@ def run(
     from .study import plan, run_study
 
     console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
+    from .data.problems import DatasetError
+
     try:
         with _RichHooks(cfg.train.epochs) as hooks:
             report = run_study(cfg, hooks)
-    except StoreError as e:
+    except (StoreError, DatasetError) as e:
         _fail(str(e))
     console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
     _show(Path(cfg.output_dir))
@@ -222,6 +227,106 @@ def data_synth(
     except OSError as e:
         _fail(f"{out}: cannot write ({e.strerror or e})")
     console.print(f"wrote {n} images and labels.csv to {out}")
+
+
+@data_app.command("check")
+def data_check(
+    name: str = typer.Argument(..., help="dataset: ckplus, rafdb, fer2013, sfew, folder or synthetic"),
+    path: Optional[Path] = typer.Argument(None, help="your copy of the dataset (its root folder or file)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="loader parameter as key=value (YAML value), repeatable"),
+    strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping it"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse (and write) the preprocessed cache"),
+    show_all: bool = typer.Option(False, "--all", help="list every problem, not the first 10 of each kind"),
+) -> None:
+    """Load a dataset and print counts per split, class and group, and every problem found.
+    Exits 1 if the dataset is unusable for a study."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .config import format_errors
+    from .data.common import report_of
+    from .data.problems import DatasetError
+    from .data.registry import DATASETS, _import_builtin_sources, default_cache_dir, load_dataset
+
+    _import_builtin_sources()
+    if name not in DATASETS:
+        _fail(f"unknown dataset {name!r} (known: {', '.join(DATASETS.names())})")
+    source = DATASETS.get(name)
+    raw: dict = {}
+    if path is not None:
+        raw["root"] = str(path)
+    elif "root" in source.params.model_fields:
+        _fail(f"{name}: give the path of your copy, e.g. faircompress data check {name} /data/{name}")
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--param {item!r}: expected key=value")
+        raw[key.strip()] = yaml.safe_load(value)
+    try:
+        params = source.params.model_validate(raw)
+    except ValidationError as e:
+        _fail(f"{name}: invalid parameters: {format_errors(e)}")
+    try:
+        with console.status(f"loading {name} ..."):
+            ds = load_dataset(name, params, default_cache_dir() if cache else None, strict=strict)
+    except DatasetError as e:
+        _fail(str(e), 1)
+    _print_check(ds, report_of(ds), show_all)
+    unusable = _unusable(ds)
+    for reason in unusable:
+        err.print(f"[bold red]unusable:[/] {reason}", highlight=False)
+    if unusable:
+        raise typer.Exit(1)
+
+
+def _print_check(ds, report, show_all: bool) -> None:
+    from .data.dataset import SPLITS, UNKNOWN
+
+    console.print(f"[bold]{ds.name}[/]: {len(ds)} images, {ds.channels} channel(s), {ds.image_size[0]}x{ds.image_size[1]}"
+                  + (f"  (source {ds.meta['source']})" if "source" in ds.meta else ""))
+    table = Table(title="images per class and split")
+    for col in ["class", *SPLITS, "all"]:
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, cname in enumerate(ds.class_names):
+        row = [int(((ds.labels == c) & (ds.split == s)).sum()) for s in range(len(SPLITS))]
+        table.add_row(cname, *map(str, row), str(sum(row)))
+    table.add_row("all", *(str(int((ds.split == s).sum())) for s in range(len(SPLITS))), str(len(ds)), style="bold")
+    console.print(table)
+    for attr, groups in ds.attribute_groups.items():
+        table = Table(title=f"images per {attr} group and split")
+        for col in [attr, *SPLITS, "all"]:
+            table.add_column(col, justify="left" if col == attr else "right")
+        codes = ds.attributes[attr]
+        for g, gname in [*enumerate(groups), (UNKNOWN, "unknown")]:
+            row = [int(((codes == g) & (ds.split == s)).sum()) for s in range(len(SPLITS))]
+            if g != UNKNOWN or sum(row):
+                table.add_row(gname, *map(str, row), str(sum(row)))
+        console.print(table)
+    for text in report.notes:
+        console.print(f"note: {text}", highlight=False)
+    kinds = report.kinds()
+    if not kinds:
+        console.print("[green]no problems found[/]")
+    for kind, n in kinds.items():
+        console.print(f"[yellow]{kind}: {n}[/]")
+        items = [(path, detail) for k, path, detail in report.problems if k == kind]
+        for path, detail in items if show_all else items[:10]:
+            console.print(f"  {path}: {detail}", highlight=False, soft_wrap=True)
+        if not show_all and len(items) > 10:
+            console.print(f"  ... and {len(items) - 10} more (--all lists them)")
+
+
+def _unusable(ds) -> list[str]:
+    reasons = []
+    if len(ds) == 0:
+        return ["no images could be loaded"]
+    for split in ("train", "test"):
+        if len(ds.indices(split)) == 0:
+            reasons.append(f"the {split} split is empty")
+    train_classes = {int(c) for c in ds.labels[ds.indices("train")]}
+    if len(train_classes) < 2:
+        reasons.append(f"the training split holds {len(train_classes)} class(es); a classifier needs at least 2")
+    return reasons
 
 
 def main() -> None:  # pragma: no cover

@@ -12,12 +12,13 @@ from pydantic import BaseModel
 
 from ..registry import Registry
 from .dataset import FaceDataset
+from .problems import LoadReport
 
 
 @dataclass(frozen=True)
 class DatasetSource:
     params: type[BaseModel]                      # strict pydantic model of the loader's parameters
-    load: Callable[[BaseModel], FaceDataset]     # builds the dataset from its parameters
+    load: Callable[[BaseModel, LoadReport], FaceDataset]  # builds the dataset, recording problems found
     fingerprint: Callable[[BaseModel], str] | None = None  # extra cache key (e.g. source file list)
     version: str = "1"                           # bump when the loader's output changes
 
@@ -37,24 +38,25 @@ def cache_key(name: str, params: BaseModel) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None) -> FaceDataset:
-    """Load a registered dataset, reusing a cached ``.npz`` when its key matches."""
+def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None, strict: bool = False) -> FaceDataset:
+    """Load a registered dataset, reusing a cached ``.npz`` when its key matches. ``strict`` stops at
+    the first unreadable file instead of skipping it (and reads the files, not the cache)."""
     _import_builtin_sources()
     source = DATASETS.get(name)
     if not isinstance(params, source.params):
         params = source.params.model_validate(params or {})
-    if cache_dir is None:
-        return source.load(params)
+    if cache_dir is None or strict:
+        return source.load(params, LoadReport(strict=strict))
     path = Path(cache_dir) / f"{name}-{cache_key(name, params)}.npz"
     if path.exists():
         try:
             return FaceDataset.load_npz(path)
         except Exception:  # a torn or stale cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    ds = source.load(params)
+    ds = source.load(params, LoadReport())
     ds.save_npz(path)
     return ds
 
 
 def _import_builtin_sources() -> None:
-    from . import synthetic  # noqa: F401  (registers itself)
+    from . import ckplus, fer2013, folder, rafdb, sfew, synthetic  # noqa: F401  (each registers itself)

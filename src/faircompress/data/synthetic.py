@@ -421,4 +421,4 @@ def generate(p: SyntheticParams) -> FaceDataset:
     )
 
 
-DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=generate, version="3"))
+DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=lambda p, report: generate(p), version="3"))
