@@ -257,3 +257,10 @@ def test_data_check_exits_nonzero_for_unusable_or_missing_data(tmp_path):
     assert res.exit_code == 1 and "training split holds 1 class" in res.output
     res = CliRunner().invoke(app, ["data", "check", "ckplus", str(tmp_path / "nowhere"), "--no-cache"])
     assert res.exit_code == 1 and "Expected layout" in res.output
+
+
+def test_paper_config_run_on_a_missing_copy_says_what_is_missing(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    res = CliRunner().invoke(app, ["run", str(root / "configs" / "paper-ckplus.yaml"), "--data", str(tmp_path / "CK+"),
+                                   "--out", str(tmp_path / "study")])
+    assert res.exit_code == 2 and "cohn-kanade-images is missing. Expected layout" in res.output
