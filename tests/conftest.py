@@ -30,3 +30,33 @@ def tiny_overrides(tmp_path):
 
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# A tiny study run through the CLI (so it ends with its report), shared by the report tests.
+REPORT_GRID = [
+    [{"quantize": {"mode": "int8-weights"}}],
+    [{"prune": {"sparsity": 0.5, "epochs": 1}}],
+    [{"prune": {"sparsity": 0.7, "epochs": 1}}],
+    [{"prune": {"sparsity": 0.5, "epochs": 1}}, {"quantize": {"mode": "int8-weights"}}],
+]
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    overrides = {
+        "output_dir": str(tmp / "study"), "dataset.params": {"subjects": 12, "sequences": 18, "peak_frames": 2, "image_size": 16, "seed": 3},
+        "train.epochs": 1, "train.batch_size": 8, "train.precision": "fp32", "train.device": "cpu",
+        "evaluation.latency_runs": 3, "recipes": REPORT_GRID, "repeats": 2, "seeds": [0, 1],
+    }
+    from typer.testing import CliRunner  # imported here: torch loads after pytest_configure sets the threads
+
+    from faircompress.cli import app
+    from faircompress.config import dump_config, load_config
+
+    cfg_file = tmp / "tiny.yaml"
+    cfg_file.write_text(dump_config(load_config(None, overrides)))
+    res = CliRunner().invoke(app, ["run", str(cfg_file)])
+    assert res.exit_code == 0, res.output
+    assert "report:" in res.output
+    return tmp / "study"

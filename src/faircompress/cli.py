@@ -57,8 +57,31 @@ def run(
         _fail(str(e))
     console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
     _show(Path(cfg.output_dir))
+    _report(Path(cfg.output_dir), n_boot=1000)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)"),
+    bootstrap: int = typer.Option(1000, min=100, help="bootstrap resamples for the gap-change intervals"),
+) -> None:
+    """Write report.html (figures embedded, opens offline) and tables/ in Markdown, CSV and LaTeX."""
+    _report(study_dir, bootstrap)
+
+
+def _report(study_dir: Path, n_boot: int) -> None:
+    from .report.build import write_report
+
+    try:
+        with console.status("report ...") as status:
+            rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."))
+    except StoreError as e:
+        _fail(str(e))
+    for line in rep.missing:
+        err.print(f"[yellow]missing:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"report: {rep.html}  ({len(rep.figures)} figures; tables in {rep.html.parent / 'tables'})")
 
 
 @app.command()

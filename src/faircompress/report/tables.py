@@ -109,12 +109,12 @@ def write_tables(store: ResultStore, study_dir: Path, table: pd.DataFrame | None
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "results.csv": table.to_csv(index=False),
-        "results.md": _markdown(paper_table(table), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
-        + "\n" + _markdown(deployment_table(table), "Deployment measures of the exported ONNX files (means)"),
+        "results.md": markdown_table(paper_table(table), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
+        + "\n" + markdown_table(deployment_table(table), "Deployment measures of the exported ONNX files (means)"),
     }
     fails = failed_runs(store)
     if not fails.empty:
-        files["results.md"] += "\n" + _markdown(fails, "Failed runs")
+        files["results.md"] += "\n" + markdown_table(fails, "Failed runs")
     written = []
     for name, text in files.items():
         tmp = out / (name + ".tmp")
@@ -124,8 +124,8 @@ def write_tables(store: ResultStore, study_dir: Path, table: pd.DataFrame | None
     return written
 
 
-def _markdown(df: pd.DataFrame, title: str) -> str:
-    cells = df.astype(str).replace({"nan": "–", "<NA>": "–"})
+def markdown_table(df: pd.DataFrame, title: str) -> str:
+    cells = df.map(lambda v: "–" if pd.api.types.is_scalar(v) and pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
     lines = [f"### {title}", "", "| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"

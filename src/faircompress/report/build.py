@@ -1,0 +1,246 @@
+"""`faircompress report STUDY_DIR`: the analysis, the figures, one self-contained report.html and
+tables/ in Markdown, CSV and LaTeX."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..store import ResultStore, StoreError
+from . import analysis as A
+from . import figures
+from .tables import markdown_table
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Report:
+    html: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def write_report(study_dir: str | Path, n_boot: int = 1000, seed: int = 0, progress: Progress | None = None) -> Report:
+    """Analyse a study and write ``report.html``, ``tables/`` and ``figures/`` into its directory.
+    A study with nothing to analyse still gets a report that says what is missing."""
+    study_dir = Path(study_dir)
+    say = progress or (lambda msg: None)
+    store = ResultStore.open_existing(study_dir)  # StoreError if this is not a study
+    try:
+        return _write(store, study_dir, n_boot, seed, say)
+    finally:
+        store.close()
+
+
+def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress) -> Report:
+    out_tables, out_figs = study_dir / "tables", study_dir / "figures"
+    out_tables.mkdir(exist_ok=True)
+    report = Report(html=study_dir / "report.html")
+    runs = store.runs()
+    failed = runs[runs.status == "failed"][["label", "error"]]
+    if len(failed):
+        report.missing += [f"failed: {r.label}: {str(r.error).splitlines()[-1] if r.error else '?'}" for r in failed.itertuples()]
+    try:
+        res = A.load_results(store)
+    except ValueError as e:
+        report.missing.append(str(e))
+        res = None
+    if res is not None and A.BASELINE not in set(res.variants.variant):
+        report.missing.append(f"no finished '{A.BASELINE}' variant: every comparison needs the baseline's exported file")
+        res = None
+    sections: list[str] = []
+    if res is not None:
+        say("group accuracies and intervals")
+        groups = A.group_table(res)
+        say(f"paired bootstrap of gap changes ({n_boot} resamples)")
+        gaps = A.gap_table(res, n_boot, seed)
+        say("McNemar tests, CEV/SDE, exemplars")
+        mcn = A.mcnemar_table(res)
+        errs = A.error_change_table(res)
+        cie = A.exemplar_table(res)
+        recall = pd.concat([A.class_group_recall(res, v).assign(variant=v) for v in dict.fromkeys(res.variants.variant)])
+        tables = {"paper": paper_with_intervals(res, groups), "gaps": gaps, "mcnemar": mcn, "error_change": errs,
+                  "exemplars": cie, "groups": groups, "class_group_recall": recall}
+        for name, df in tables.items():
+            write_table(df, out_tables, f"report-{name}")
+        report.tables = tables
+        say("figures")
+        report.figures = _figures(res, groups, gaps, out_figs, study_dir)
+        sections = _sections(res, tables, report.figures)
+    report.html.write_text(_html(_header(runs, res), report.missing, sections), encoding="utf-8")
+    return report
+
+
+def paper_with_intervals(res: A.StudyResults, groups: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table: size, accuracy and each group's accuracy as 'mean ± std [Wilson 95 %]'."""
+    size = res.variants.groupby("variant", sort=False).size_mb.agg(["mean", "std"])
+    rows = []
+    for variant in dict.fromkeys(res.variants.variant):
+        pop = res.population(variant)
+        acc = (pop == res.y_true).mean(1)
+        lo, hi = A.F.wilson_interval(acc.mean() * len(res.y_true), len(res.y_true))
+        row = {"variant": variant, "models": len(pop), "size (MB)": f"{size.loc[variant, 'mean']:.2f} ± {np.nan_to_num(size.loc[variant, 'std']):.2f}",
+               "accuracy": _cell(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else 0.0, lo, hi, False)}
+        for r in groups[(groups.variant == variant) & ~groups.attribute.str.contains(" × ")].itertuples():
+            row[f"{r.attribute}: {r.group}"] = _cell(r.accuracy, r.std, r.ci_low, r.ci_high, r.too_few, r.n)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean, std, lo, hi, too_few: bool, n: int | None = None) -> str:
+    if too_few:
+        return f"too few (n={n})"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _figures(res: A.StudyResults, groups, gaps, out: Path, study_dir: Path) -> list[Path]:
+    paths = figures.level_curves(res, groups, out)
+    if not gaps.empty:
+        paths.append(figures.gap_vs_size(res, gaps, out))
+    pruned = res.variants[res.variants.family == "prune"]
+    if not pruned.empty:
+        run = pruned.sort_values(["level", "repeat"], ascending=[False, True]).iloc[0]
+        arts = res.runs.set_index("run_id").artefact
+        base_run = res.variants[res.variants.variant == A.BASELINE].run_id.iloc[0]
+        before, after = (_initializers(study_dir, arts.get(r)) for r in (base_run, run.run_id))
+        common = [k for k in sorted(before, key=lambda k: -before[k].size) if k in after]
+        if common:
+            paths.append(figures.weight_histograms(before[common[0]], after[common[0]], common[0], run.variant, out))
+    if res.attributes:
+        chosen = _most_changed(res, gaps)
+        paths.append(figures.confusion_by_group(res, [A.BASELINE, chosen] if chosen != A.BASELINE else [A.BASELINE],
+                                                res.attributes[0], out))
+    return paths
+
+
+def _most_changed(res: A.StudyResults, gaps: pd.DataFrame) -> str:
+    """The variant whose first-attribute gap changed most (significant changes first)."""
+    g = gaps[(gaps.attribute == res.attributes[0]) & (gaps.variant != A.BASELINE)] if not gaps.empty else gaps
+    if g.empty:
+        return A.BASELINE
+    g = g.assign(key=g.gap_change.abs() + g.significant.astype(float))
+    return str(g.sort_values("key").variant.iloc[-1])
+
+
+def _initializers(study_dir: Path, artefact: str | None) -> dict[str, np.ndarray]:
+    """The float kernels of an exported file (artefact paths are stored relative to the study)."""
+    path = Path(artefact) if artefact else None
+    if path is not None and not path.is_absolute():
+        path = study_dir / path
+    if path is None or not path.exists():
+        return {}
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) > 1 and i.data_type == 1}
+
+
+# ----------------------------------------------------------------------------- files
+def write_table(df: pd.DataFrame, out: Path, name: str) -> None:
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(markdown_table(df, name) if not df.empty else f"### {name}\n\n(empty)\n", encoding="utf-8")
+    (out / f"{name}.tex").write_text(to_booktabs(df), encoding="utf-8")
+
+
+def to_booktabs(df: pd.DataFrame, digits: int = 3) -> str:
+    """A LaTeX booktabs tabular (needs \\usepackage{booktabs})."""
+    def esc(x) -> str:
+        if isinstance(x, float):
+            x = "--" if np.isnan(x) else f"{x:.{digits}g}"
+        s = str(x)
+        for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("±", r"$\pm$"), ("×", r"$\times$")]:
+            s = s.replace(a, b)
+        return s
+
+    lines = [r"\begin{tabular}{" + "l" * len(df.columns) + "}", r"\toprule", " & ".join(esc(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- HTML
+def _header(runs: pd.DataFrame, res: A.StudyResults | None) -> dict[str, str]:
+    info: dict[str, str] = {}
+    if runs.empty:
+        return {"study": "no runs recorded"}
+    info["study"] = str(runs.study.iloc[0])
+    cfg = json.loads(runs.config_json.iloc[0])
+    ds = cfg.get("dataset", {})
+    info["dataset"] = f"{ds.get('name')} {json.dumps(ds.get('params', {}))[:300]}"
+    selection = set(runs.selection.dropna())
+    info["selection"] = "; ".join("test set (LEAKS TEST DATA: checkpoints chosen on the data they are scored on)" if s == "test"
+                                  else "subject-disjoint validation split" for s in sorted(selection)) or "?"
+    if res is not None:
+        info["test set"] = f"{len(res.y_true)} images, {len(np.unique(res.subjects))} subjects"
+        base = res.variants[res.variants.variant == A.BASELINE]
+        info["baseline seeds"] = ", ".join(map(str, sorted(base.seed.unique())))
+        info["repeats"] = str(int(res.variants.repeat.max()) + 1)
+        info["models per population"] = (f"baseline {len(base)}; each variant up to "
+                                         f"{int(res.variants.groupby('variant').size().max())}")
+    versions = runs.versions_json.dropna()
+    if len(versions):
+        info["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(versions.iloc[-1]).items())
+    info["git commit"] = str(runs.git_commit.dropna().iloc[-1]) if runs.git_commit.notna().any() else "unknown"
+    return info
+
+
+def _sections(res: A.StudyResults, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[str]:
+    gaps, mcn, cie, errs = tables["gaps"], tables["mcnemar"], tables["exemplars"], tables["error_change"]
+    out = [_section("Accuracy per group", "mean ± std over each population's models, [Wilson 95 % interval]; "
+                    "groups with fewer than 5 test images are marked as too few.", tables["paper"])]
+    g = gaps.copy()
+    for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high"):
+        g[col] = (100 * g[col]).round(2)
+    out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp); change vs the baseline with a paired "
+                        "bootstrap 95 % interval over test subjects that also draws one model per population; "
+                        "significant when the interval excludes 0.", g.round(4)))
+    if not mcn.empty:
+        sig = mcn[mcn.significant.fillna(False)]
+        out.append(_section("McNemar tests (Holm-corrected across the study)", f"{len(sig)} of {mcn.p.notna().sum()} "
+                            "group-level tests significant at 0.05 after Holm.", mcn.round(4)))
+    if not cie.empty:
+        out.append(_section("Compression-identified exemplars", "images whose modal prediction over a variant's models differs "
+                            "from the baseline population's (Hooker et al. 2020); each group's share among them vs its test share.",
+                            cie.round(3)))
+    if not errs.empty:
+        out.append(_section("CEV and SDE against the baseline", "Blakeney et al. (2021); classes with a zero baseline rate are left out.",
+                            errs.round(4)))
+    imgs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figs)
+    out.append(f"<section><h2>Figures</h2>{imgs}</section>")
+    return out
+
+
+def _section(title: str, note: str, df: pd.DataFrame) -> str:
+    return (f"<section><h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
+            + df.to_html(index=False, na_rep="—", classes="data", border=0) + "</section>")
+
+
+def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> str:
+    head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header.items())
+    miss = ("<section><h2>Missing or failed</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul></section>"
+            if missing else "")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table.data{border-collapse:collapse;font-size:12px}"
+             "table.data td,table.data th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right}"
+             "figure{display:inline-block;margin:8px}img{max-width:100%}th{text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faircompress report: {html.escape(header.get('study', ''))}"
+            f"</title><style>{style}</style></head><body><h1>faircompress report</h1><table>{head}</table>{miss}"
+            + "".join(sections) + _SELF_CHECK + "</body></html>")
+
+
+# Marks the page once loaded with how many figures decoded, so a headless browser can check it.
+_SELF_CHECK = ("<script>window.addEventListener('load',function(){var i=document.images,ok=0;"
+               "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0){ok++;}}"
+               "document.body.setAttribute('data-images-loaded',ok+'/'+i.length);});</script>")
+
+
+__all__ = ["Report", "write_report", "write_table", "to_booktabs", "StoreError"]

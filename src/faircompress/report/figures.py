@@ -1,0 +1,131 @@
+"""The study's figures (matplotlib, headless), each written as PNG and SVG: size and accuracy against
+the compression level per technique (the paper's Figures 10, 11, 13, 14), the change of each gap
+against model size with intervals (a Pareto view), weight histograms of one layer before and after
+pruning (Figures 15, 16), and per-group confusion matrices."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .analysis import BASELINE, StudyResults
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+    _plt().close(fig)
+    return out / f"{name}.png"
+
+
+def level_curves(res: StudyResults, groups: pd.DataFrame, out: Path) -> list[Path]:
+    """Per technique family with levels: size vs level, and accuracy vs level overall and per group."""
+    plt = _plt()
+    v = res.variants.dropna(subset=["level"])
+    paths = []
+    base = groups[(groups.variant == BASELINE)]
+    for family, fam in v.groupby("family", sort=False):
+        stats = fam.groupby("level").size_mb.agg(["mean", "std"]).fillna(0)
+        fig, axes = plt.subplots(1, 1 + len(res.attributes), figsize=(4.2 * (1 + len(res.attributes)), 3.4))
+        axes = np.atleast_1d(axes)
+        axes[0].plot(stats.index, stats["mean"], "o-")
+        axes[0].fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.25)
+        axes[0].set(title=f"{family}: zipped size", xlabel="level", ylabel="MB")
+        names = dict(zip(fam.variant, fam.level))
+        overall = pd.DataFrame([{"level": lvl, "acc": (res.population(v) == res.y_true).mean(1)} for v, lvl in names.items()])
+        overall = overall.sort_values("level") if not overall.empty else overall
+        for ax, attr in zip(axes[1:], res.attributes):
+            if not overall.empty:
+                mean = 100 * np.array([a.mean() for a in overall.acc])
+                std = 100 * np.array([a.std() for a in overall.acc])
+                ax.plot(overall.level, mean, "k--", label="overall", lw=1)
+                ax.fill_between(overall.level, mean - std, mean + std, alpha=0.1, color="k")
+            g = groups[(groups.attribute == attr) & groups.variant.isin(names)].assign(level=lambda d: d.variant.map(names))
+            for grp, rows in g.groupby("group", sort=False):
+                rows = rows.sort_values("level")
+                line, = ax.plot(rows.level, 100 * rows.accuracy, "o-", label=grp, ms=3)
+                ax.fill_between(rows.level, 100 * (rows.accuracy - rows["std"]), 100 * (rows.accuracy + rows["std"]),
+                                alpha=0.2, color=line.get_color())
+                b = base[(base.attribute == attr) & (base.group == grp)]
+                if not b.empty:
+                    ax.axhline(100 * b.accuracy.iloc[0], ls=":", lw=1, color=line.get_color())
+            ax.set(title=f"{family}: accuracy by {attr}", xlabel="level", ylabel="% (dotted: baseline)")
+            ax.legend(fontsize=7)
+        paths.append(save(fig, out, f"levels-{_slug(family)}"))
+    return paths
+
+
+def gap_vs_size(res: StudyResults, gaps: pd.DataFrame, out: Path) -> Path:
+    """Change of each attribute's gap against mean zipped size, with 95 % bootstrap intervals; the
+    Pareto frontier (no smaller variant with a smaller gap change) is drawn as a line."""
+    plt = _plt()
+    size = res.variants.groupby("variant").size_mb.mean()
+    attrs = res.attributes
+    fig, axes = plt.subplots(1, len(attrs), figsize=(4.8 * len(attrs), 3.8), squeeze=False)
+    for ax, attr in zip(axes[0], attrs):
+        g = gaps[gaps.attribute == attr].assign(size=lambda d: d.variant.map(size)).sort_values("size")
+        if g.empty:
+            continue
+        err = np.vstack([g.gap_change - g.ci_low, g.ci_high - g.gap_change]) * 100
+        colors = np.where(g.significant, "tab:red", "tab:blue")
+        ax.errorbar(g["size"], 100 * g.gap_change, yerr=err, fmt="none", ecolor="0.7", lw=1)
+        ax.scatter(g["size"], 100 * g.gap_change, c=colors, s=14, zorder=3)
+        best, frontier = np.inf, []
+        for _, r in g.iterrows():
+            if r.gap_change < best:
+                best = r.gap_change
+                frontier.append((r["size"], 100 * r.gap_change))
+        if frontier:
+            ax.plot(*zip(*frontier), "k--", lw=0.8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set(title=f"{attr}: change of gap (red: significant)", xlabel="zipped size (MB)", ylabel="pp vs baseline")
+    return save(fig, out, "gap-vs-size")
+
+
+def weight_histograms(before: np.ndarray, after: np.ndarray, layer: str, variant: str, out: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharex=True)
+    for ax, w, title in [(axes[0], before, "baseline"), (axes[1], after, variant)]:
+        ax.hist(w.ravel(), bins=120, color="tab:blue")
+        ax.set(title=f"{title}: {layer} ({np.mean(w == 0):.0%} zeros)", xlabel="weight", ylabel="count")
+        ax.set_yscale("log")
+    return save(fig, out, "weights")
+
+
+def confusion_by_group(res: StudyResults, variants: list[str], attr: str, out: Path) -> Path:
+    """Row-normalised confusion matrices (modal prediction of each population) per group."""
+    from ..evaluate.fairness import modal
+
+    plt = _plt()
+    names = res.groups[attr]
+    k = len(res.class_names)
+    fig, axes = plt.subplots(len(variants), len(names), figsize=(2.6 * len(names), 2.6 * len(variants)), squeeze=False)
+    for i, variant in enumerate(variants):
+        pred = modal(res.population(variant), k)
+        for j, name in enumerate(names):
+            m = res.codes[attr] == j
+            cm = np.zeros((k, k))
+            np.add.at(cm, (res.y_true[m], pred[m]), 1)
+            cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            ax = axes[i, j]
+            ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
+            ax.set_title(f"{variant}\n{attr} {name} (n={int(m.sum())})", fontsize=7)
+            ax.set_xticks(range(k), [c[:3] for c in res.class_names], fontsize=5, rotation=90)
+            ax.set_yticks(range(k), [c[:3] for c in res.class_names], fontsize=5)
+    return save(fig, out, f"confusion-{_slug(attr)}")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower()
