@@ -95,6 +95,14 @@ def test_detected_face_is_cropped_with_margin_clamped_to_the_image(tmp_path, mon
     assert crop[24, 30] == 255 and crop[2, 2] == 0 and crop.shape == (48, 48)
 
 
+def test_dlib_detector_without_dlib_says_how_to_get_it(ckplus, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError, installed or not
+    with pytest.raises(DatasetError, match="needs the dlib package: pip install dlib"):
+        load_dataset("ckplus", {"root": ckplus[0], "detector": "dlib"})
+
+
 def test_ckplus_user_gender_csv_with_bom_crlf_and_spaces(ckplus, tmp_path):
     root, truth = ckplus
     csv = tmp_path / "gender.csv"

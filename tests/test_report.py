@@ -28,7 +28,7 @@ def test_run_ends_with_a_self_contained_report(study):
 def test_report_tables_in_three_formats(study):
     rep = write_report(study, n_boot=200)
     assert not rep.missing
-    for name in ("paper", "gaps", "mcnemar", "exemplars", "error_change"):
+    for name in ("paper", "gaps", "mcnemar", "exemplars", "error_change", "class_rates", "class_group_recall"):
         for ext in ("csv", "md", "tex"):
             assert (study / "tables" / f"report-{name}.{ext}").stat().st_size > 0
     assert "\\toprule" in (study / "tables" / "report-paper.tex").read_text()

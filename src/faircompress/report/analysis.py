@@ -219,6 +219,29 @@ def error_change_table(res: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def class_rate_table(res: StudyResults) -> pd.DataFrame:
+    """Per variant and class: the baseline's and the variant's false positive and false negative
+    rates (one-vs-rest, averaged over each population) and their relative changes, the terms CEV and
+    SDE are built from; relative changes are left empty where the baseline rate is 0."""
+    k = len(res.class_names)
+
+    def rates(pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = [F.class_rates(res.y_true, p, k) for p in pop]
+        return np.mean([a for a, _ in r], 0), np.mean([b for _, b in r], 0)
+
+    bf, bn = rates(res.population(BASELINE))
+    rows = []
+    for variant in dict.fromkeys(res.variants.variant):
+        if variant == BASELINE:
+            continue
+        vf, vn = rates(res.population(variant))
+        for c, name in enumerate(res.class_names):
+            rows.append({"variant": variant, "class": name, "baseline_fpr": bf[c], "variant_fpr": vf[c], "baseline_fnr": bn[c],
+                         "variant_fnr": vn[c], "rel_change_fpr": (vf[c] - bf[c]) / bf[c] if bf[c] > 0 else np.nan,
+                         "rel_change_fnr": (vn[c] - bn[c]) / bn[c] if bn[c] > 0 else np.nan})
+    return pd.DataFrame(rows)
+
+
 def exemplar_table(res: StudyResults) -> pd.DataFrame:
     """Compression-identified exemplars per variant: how many, the baseline's and the variant's
     accuracy on them, and each group's share among them against its share of the test set."""

@@ -68,7 +68,7 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
         cie = A.exemplar_table(res)
         recall = pd.concat([A.class_group_recall(res, v).assign(variant=v) for v in dict.fromkeys(res.variants.variant)])
         tables = {"paper": paper_with_intervals(res, groups), "gaps": gaps, "mcnemar": mcn, "error_change": errs,
-                  "exemplars": cie, "groups": groups, "class_group_recall": recall}
+                  "exemplars": cie, "groups": groups, "class_group_recall": recall, "class_rates": A.class_rate_table(res)}
         for name, df in tables.items():
             write_table(df, out_tables, f"report-{name}")
         report.tables = tables
