@@ -103,26 +103,33 @@ def _level(recipe: list[dict]) -> float:
 # ----------------------------------------------------------------------------- tables
 def group_table(res: StudyResults) -> pd.DataFrame:
     """Per variant, attribute and group: test images, accuracy mean and std over the population,
-    and a Wilson 95 % interval (None where the group has fewer than MIN_GROUP images)."""
+    and a Wilson 95 % interval (None where the group has fewer than MIN_GROUP images). One MetricFrame
+    per attribute covers every model, grouped by (group, run)."""
     from fairlearn.metrics import MetricFrame
     from sklearn.metrics import accuracy_score
 
+    runs = res.variants.run_id.to_numpy()
+    variant_of = dict(zip(res.variants.run_id, res.variants.variant))
     rows = []
-    for variant in dict.fromkeys(res.variants.variant):
-        pop = res.population(variant)
-        for attr, names in res.groups.items():
-            known = res.codes[attr] >= 0
-            sens = np.array(names, dtype=object)[res.codes[attr][known]]
-            per_model = [MetricFrame(metrics=accuracy_score, y_true=res.y_true[known], y_pred=p[known],
-                                     sensitive_features=pd.Series(sens, name=attr)).by_group for p in pop]
-            acc = pd.concat(per_model, axis=1)
-            counts = pd.Series(sens).value_counts()
-            for g in acc.index:
+    for attr, names in res.groups.items():
+        known = res.codes[attr] >= 0
+        sens = np.array(names, dtype=object)[res.codes[attr][known]]
+        y_true = np.tile(res.y_true[known], len(runs))
+        y_pred = np.concatenate([res.preds[r][known] for r in runs])
+        features = pd.DataFrame({attr: np.tile(sens, len(runs)), "run": np.repeat(runs, known.sum())})
+        by = MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=features).by_group
+        acc = by.rename("accuracy").reset_index().assign(variant=lambda d: d.run.map(variant_of))
+        counts = pd.Series(sens).value_counts()
+        stats = acc.groupby(["variant", attr], sort=False).accuracy.agg(["mean", "std", "size"])
+        for variant in dict.fromkeys(res.variants.variant):
+            for g in names:
+                if (variant, g) not in stats.index:
+                    continue
+                mean, std, models = stats.loc[(variant, g)]
                 n = int(counts.get(g, 0))
-                mean = float(acc.loc[g].mean())
                 lo, hi = F.wilson_interval(mean * n, n) if n >= F.MIN_GROUP else (np.nan, np.nan)
-                rows.append({"variant": variant, "attribute": attr, "group": g, "n": n, "models": len(pop),
-                             "accuracy": mean, "std": float(acc.loc[g].std(ddof=1)) if len(pop) > 1 else 0.0,
+                rows.append({"variant": variant, "attribute": attr, "group": g, "n": n, "models": int(models),
+                             "accuracy": float(mean), "std": float(std) if models > 1 else 0.0,
                              "ci_low": float(lo), "ci_high": float(hi), "too_few": n < F.MIN_GROUP})
     return pd.DataFrame(rows)
 
