@@ -23,8 +23,8 @@ test: $(STAMP) browser
 
 # Debian's Chromium for the report's browser test, installed where missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	@command -v chromium >/dev/null 2>&1 || { timeout 120 $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		timeout 600 $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 		|| echo "note: chromium could not be installed; the browser test will be skipped"
 
 clean:
