@@ -9,6 +9,8 @@ from faircompress.cli import app
 from faircompress.report.build import write_report
 from faircompress.store import ResultStore
 
+from conftest import REPORT_GRID
+
 SECTIONS = ["Accuracy per group", "Gaps and their change", "McNemar tests", "Compression-identified exemplars", "CEV and SDE"]
 
 
@@ -64,3 +66,17 @@ def test_report_lists_failed_variants(study, tmp_path):
     assert any("quantiser exploded" in m for m in rep.missing)
     assert "int8-weights" not in set(rep.tables["gaps"].variant)
     assert Path(rep.html).exists()
+
+
+def test_report_on_a_dataset_without_attributes(study, tmp_path):
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "noattr"
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("*.onnx", "*.safetensors"))
+    with sqlite3.connect(copy / "results.sqlite") as c:
+        c.execute("UPDATE datasets SET attribute_groups_json='{}'")
+        c.execute("UPDATE samples SET attributes_json='{}'")
+    rep = write_report(copy, n_boot=100)
+    assert not rep.missing and rep.tables["gaps"].empty and len(rep.tables["exemplars"]) == len(REPORT_GRID)
+    assert "Accuracy per group" in rep.html.read_text()

@@ -21,6 +21,9 @@ from ..store import ResultStore
 
 BASELINE = "baseline (fp32)"
 MB = 1e6
+GROUP_COLUMNS = ["variant", "attribute", "group", "n", "models", "accuracy", "std", "ci_low", "ci_high", "too_few"]
+GAP_COLUMNS = ["variant", "attribute", "groups", "gap", "gap_std", "ratio", "overall_disparity", "gap_change", "ci_low", "ci_high",
+               "significant"]
 
 
 @dataclass
@@ -131,7 +134,7 @@ def group_table(res: StudyResults) -> pd.DataFrame:
                 rows.append({"variant": variant, "attribute": attr, "group": g, "n": n, "models": int(models),
                              "accuracy": float(mean), "std": float(std) if models > 1 else 0.0,
                              "ci_low": float(lo), "ci_high": float(hi), "too_few": n < F.MIN_GROUP})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
 def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -169,7 +172,7 @@ def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
                          "ratio": float(np.mean(acc_v.min(1) / np.maximum(acc_v.max(1), 1e-12))),
                          "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi,
                          "significant": significant})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
 def mcnemar_table(res: StudyResults) -> pd.DataFrame:
@@ -190,10 +193,9 @@ def mcnemar_table(res: StudyResults) -> pd.DataFrame:
                 rows.append({"variant": variant, "attribute": attr, "group": name, "n": n,
                              "baseline_acc": float(base_ok[m].mean()) if n else np.nan, "variant_acc": float(var_ok[m].mean()) if n else np.nan,
                              "lost": int((base_ok[m] & ~var_ok[m]).sum()), "gained": int((~base_ok[m] & var_ok[m]).sum()), "p": p})
-    out = pd.DataFrame(rows)
-    if not out.empty:
-        out["p_holm"] = F.holm(out.p.to_numpy())
-        out["significant"] = out.p_holm < 0.05
+    out = pd.DataFrame(rows, columns=["variant", "attribute", "group", "n", "baseline_acc", "variant_acc", "lost", "gained", "p"])
+    out["p_holm"] = F.holm(out.p.to_numpy(dtype=float))
+    out["significant"] = out.p_holm < 0.05
     return out
 
 
@@ -285,4 +287,4 @@ def class_group_recall(res: StudyResults, variant: str) -> pd.DataFrame:
                 if m.any():
                     rows.append({"attribute": attr, "group": name, "class": cname, "n": int(m.sum()),
                                  "recall": float(np.mean([(p[m] == c).mean() for p in pop]))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["attribute", "group", "class", "n", "recall"])

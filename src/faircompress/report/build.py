@@ -199,7 +199,8 @@ def _sections(res: A.StudyResults, tables: dict[str, pd.DataFrame], figs: list[P
                     "groups with fewer than 5 test images are marked as too few.", tables["paper"])]
     g = gaps.copy()
     for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high"):
-        g[col] = (100 * g[col]).round(2)
+        if col in g:
+            g[col] = (100 * g[col]).round(2)
     out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp); change vs the baseline with a paired "
                         "bootstrap 95 % interval over test subjects that also draws one model per population; "
                         "significant when the interval excludes 0.", g.round(4)))
