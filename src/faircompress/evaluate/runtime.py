@@ -31,18 +31,25 @@ def onnx_predict(sess, images: np.ndarray, batch: int = 256, seconds: list[float
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-def onnx_latency(sess, image_shape: tuple[int, ...], runs: int = 50) -> float:
-    """CPU latency at batch 1: median of ``runs`` after 3 warm-up runs, in ms."""
+def _median_seconds(sess, x: np.ndarray, runs: int, warmup: int) -> float:
     name = sess.get_inputs()[0].name
-    one = np.random.default_rng(0).integers(0, 256, (1, *image_shape)).astype(np.float32)
-    for _ in range(3):
-        sess.run(None, {name: one})
+    for _ in range(warmup):
+        sess.run(None, {name: x})
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        sess.run(None, {name: one})
+        sess.run(None, {name: x})
         times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return statistics.median(times)
+
+
+def _random_images(n: int, image_shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, *image_shape)).astype(np.float32)
+
+
+def onnx_latency(sess, image_shape: tuple[int, ...], runs: int = 50) -> float:
+    """CPU latency at batch 1: median of ``runs`` after 3 warm-up runs, in ms."""
+    return 1000 * _median_seconds(sess, _random_images(1, image_shape), runs, warmup=3)
 
 
 MIN_TIMED_BATCHES = 3
@@ -50,15 +57,7 @@ MIN_TIMED_BATCHES = 3
 
 def onnx_throughput(sess, image_shape: tuple[int, ...], batch: int = 64, runs: int = 5) -> float:
     """Images per second at ``batch``, from the median of ``runs`` timed batches after a warm-up."""
-    name = sess.get_inputs()[0].name
-    many = np.random.default_rng(0).integers(0, 256, (batch, *image_shape)).astype(np.float32)
-    sess.run(None, {name: many})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: many})
-        times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    return batch / _median_seconds(sess, _random_images(batch, image_shape), runs, warmup=1)
 
 
 def throughput_from_batches(seconds: list[float], batch: int, n_images: int) -> float | None:

@@ -139,39 +139,39 @@ def group_table(res: StudyResults) -> pd.DataFrame:
 
 def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant and attribute: gap and ratio of group accuracies, Overall Disparity, and the change
-    of the gap against the baseline with a paired bootstrap 95 % interval (significant if it excludes 0)."""
-    base = res.population(BASELINE)
-    units = res.subjects
+    of the gap against the baseline with a paired bootstrap 95 % interval (significant if it excludes 0).
+    Groups with fewer than MIN_GROUP test images are left out of the gap."""
+    base_ok = res.population(BASELINE) == res.y_true
+    per_attr = {}  # what does not depend on the variant: kept groups, their codes, the baseline's gap
+    for attr, names in res.groups.items():
+        hits_b, n = F.group_accuracy(base_ok, res.codes[attr], len(names))
+        ok = n >= F.MIN_GROUP
+        if ok.sum() < 2:
+            continue
+        remap = np.full(len(names), -1)
+        remap[ok] = np.arange(ok.sum())
+        kept = np.where(res.codes[attr] >= 0, remap[res.codes[attr].clip(0)], -1)  # codes among kept groups
+        per_attr[attr] = (ok, n[ok], kept, F.gap(hits_b[:, ok] / n[ok], n[ok]).mean())
     rows = []
     for variant in dict.fromkeys(res.variants.variant):
         pop = res.population(variant)
-        for attr, names in res.groups.items():
-            codes, k = res.codes[attr], len(names)
-            hits_v, n = F.group_accuracy(pop == res.y_true, codes, k)
-            hits_b, _ = F.group_accuracy(base == res.y_true, codes, k)
-            ok = n >= F.MIN_GROUP
-            if ok.sum() < 2:
-                continue
-            acc_v, acc_b = hits_v[:, ok] / n[ok], hits_b[:, ok] / n[ok]
-            gap_v, gap_b = F.gap(acc_v, n[ok]), F.gap(acc_b, n[ok])
-            sub = np.where(np.isin(codes, np.flatnonzero(ok)), codes, -1)
-            remap = np.full(k + 1, -1)
-            remap[np.flatnonzero(ok)] = np.arange(ok.sum())
-            sub = remap[sub]
+        var_ok = pop == res.y_true
+        for attr, (ok, n, kept, gap_b) in per_attr.items():
+            codes, k = res.codes[attr], len(res.groups[attr])
+            acc_v = F.group_accuracy(var_ok, codes, k)[0][:, ok] / n
+            gap_v = F.gap(acc_v, n)
             if variant == BASELINE:
                 lo = hi = delta = 0.0
-                significant = False
             else:
-                boot = F.paired_gap_bootstrap(base == res.y_true, pop == res.y_true, sub, int(ok.sum()), units, n_boot, seed)
-                delta = float(gap_v.mean() - gap_b.mean())
+                boot = F.paired_gap_bootstrap(base_ok, var_ok, kept, int(ok.sum()), res.subjects, n_boot, seed)
+                delta = float(gap_v.mean() - gap_b)
                 lo, hi = (float(q) for q in np.nanquantile(boot, [0.025, 0.975]))
-                significant = bool(lo > 0 or hi < 0)
             disparity = np.mean([F.overall_disparity(res.y_true, p, codes, k, len(res.class_names)) for p in pop])
             rows.append({"variant": variant, "attribute": attr, "groups": int(ok.sum()), "gap": float(gap_v.mean()),
                          "gap_std": float(gap_v.std(ddof=1)) if len(pop) > 1 else 0.0,
                          "ratio": float(np.mean(acc_v.min(1) / np.maximum(acc_v.max(1), 1e-12))),
                          "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi,
-                         "significant": significant})
+                         "significant": bool(lo > 0 or hi < 0)})
     return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
@@ -262,11 +262,12 @@ def exemplar_table(res: StudyResults) -> pd.DataFrame:
         if variant == BASELINE:
             continue
         pop = res.population(variant)
-        cie = F.compression_identified(base, pop, k)
+        var_modal = F.modal(pop, k)
+        cie = var_modal != base_modal  # compression-identified exemplars (Hooker et al.)
         row = {"variant": variant, "baseline_models": len(base), "variant_models": len(pop), "exemplars": int(cie.sum()),
                "share": float(cie.mean()),
                "baseline_acc_on_them": float((base_modal[cie] == res.y_true[cie]).mean()) if cie.any() else np.nan,
-               "variant_acc_on_them": float((F.modal(pop, k)[cie] == res.y_true[cie]).mean()) if cie.any() else np.nan}
+               "variant_acc_on_them": float((var_modal[cie] == res.y_true[cie]).mean()) if cie.any() else np.nan}
         for attr in res.attributes:
             for g, name in enumerate(res.groups[attr]):
                 in_g = res.codes[attr] == g
