@@ -55,7 +55,7 @@ def test_every_registered_step_parses_its_example_and_runs(name, tiny, tmp_path)
     model = _model()
     for s in recipe.train_steps:
         s.apply(model, _ctx(tiny))
-    src = export_onnx(model, tmp_path / "m.onnx", (1, SIZE, SIZE), fp16=any(getattr(s, "fp16", False) for s in recipe.export_steps))
+    src = export_onnx(model, tmp_path / "m.onnx", (1, SIZE, SIZE), fp16=recipe.export_precision == "fp16")
     path = src
     for s in recipe.export_steps:
         s.transform(src, tmp_path / "q.onnx", tiny.images[:32])

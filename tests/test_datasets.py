@@ -234,7 +234,7 @@ def test_cache_is_reused_and_keyed_by_the_file_list(tmp_path, monkeypatch):
     params = DATASETS.get("rafdb").params(root=tmp_path / "raf")
     first = load_dataset("rafdb", params, tmp_path / "cache")
     key = cache_key("rafdb", params)
-    from faircompress.data import rafdb
+    from faircompress.data.loaders import rafdb
 
     monkeypatch.setattr(rafdb, "load_images", lambda *a, **k: pytest.fail("decoded again instead of using the cache"))
     again = load_dataset("rafdb", params, tmp_path / "cache")

@@ -42,9 +42,11 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     assert (study / runs.artefact[0]).is_file() and str(runs.artefact[0]).endswith(".safetensors")
     assert str(runs.artefact[2]).endswith(".onnx")  # the fp32 export of each baseline is measured too
     assert not list(study.rglob("*.tmp")) and not list(study.rglob("train_state*"))
-    n_test = int(store.metrics().query("name == 'n_test'").value.iloc[0])
+    m = store.metrics()
+    n_test = int(m.query("metric == 'n_test'").value.iloc[0])
     assert len(store.predictions(runs.run_id[0])) == n_test
-    assert set(store.group_metrics().attribute) == {"gender", "skin_tone", "age"}
+    assert set(m[m.group != ""].attribute) == {"class", "gender", "skin_tone", "age"}
+    assert (m.query("metric == 'gap'").group == "").all() and not m.metric.str.contains(":").any()  # no name encodes an attribute
     store.close()
 
     again = runner.invoke(app, ["run", str(cfg)])
@@ -169,7 +171,7 @@ def test_run_killed_after_training_reuses_its_checkpoint(tmp_path, tiny_override
     run_id = runs[runs.kind == "baseline"].run_id.iloc[0]
     before = store.predictions(run_id)
     # as if killed after the checkpoint was written but before the results were committed
-    store.start_run(run_id, study="x", kind="baseline", label="b", seed=0, config={}, versions={}, git_commit="")
+    store.start_run(run_id, study="x", identity={"kind": "baseline", "label": "b", "seed": 0}, config={}, versions={}, git_commit="")
     store.close()
 
     class NoTraining(Hooks):

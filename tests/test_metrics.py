@@ -20,8 +20,26 @@ def test_group_accuracy_gap_ratio_and_unknown_groups():
     assert d.worst_group == "m" and d.best_group == "f"
     rec = ev.per_class.set_index("class")["recall"]
     assert rec["a"] == pytest.approx(2 / 3) and rec["b"] == pytest.approx(2 / 3) and rec["c"] == pytest.approx(1 / 2)
-    s = ev.scalars()
-    assert s["gap:gender"] == pytest.approx(d.gap) and s["accuracy"] == pytest.approx(5 / 8)
+    long = ev.long().set_index(["metric", "attribute", "group"]).value
+    assert long[("gap", "gender", "")] == pytest.approx(d.gap) and long[("accuracy", "", "")] == pytest.approx(5 / 8)
+    assert long[("accuracy", "gender", "m")] == pytest.approx(2 / 3) and long[("count", "gender", "m")] == 3
+    assert long[("accuracy", "class", "c")] == pytest.approx(1 / 2)  # a class's recall
+
+
+def test_a_registered_group_metric_is_computed_for_every_group_and_class():
+    from faircompress.evaluate.metrics import GROUP_METRICS
+
+    def wrong(y_true, y_pred):
+        """Share of wrong predictions."""
+        return float(np.mean(np.asarray(y_true) != np.asarray(y_pred)))
+
+    GROUP_METRICS.register("error_rate")(wrong)
+    try:
+        ev = evaluate_predictions(np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]), ["a", "b"], {"g": np.array([0, 0, 1, 1])}, {"g": ["x", "y"]})
+        long = ev.long().set_index(["metric", "attribute", "group"]).value
+        assert long[("error_rate", "g", "x")] == 0.5 and long[("error_rate", "class", "a")] == 0.5
+    finally:
+        GROUP_METRICS._items.pop("error_rate")
 
 
 def test_groups_absent_from_test_set_are_left_out_not_zero():

@@ -10,15 +10,16 @@ from faircompress.store import ResultStore, RunResult, StoreError
 
 def _result(n=5):
     return RunResult(
-        metrics={"accuracy": 0.6}, class_metrics=pd.DataFrame({"class": ["a"], "count": [5], "recall": [0.6]}),
-        group_metrics=pd.DataFrame({"attribute": ["gender"], "group": ["f"], "count": [5], "accuracy": [0.6]}),
+        metrics=pd.DataFrame({"metric": ["accuracy", "accuracy", "gap"], "attribute": ["", "gender", "gender"], "group": ["", "f", ""],
+                              "value": [0.6, 0.6, 0.1]}),
         epochs=[{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "sel_loss": 1.1, "sel_acc": 0.4, "lr": 5e-4, "seconds": 1.0, "train_seconds": 0.9}],
         sample_ids=np.arange(n), y_true=np.zeros(n, int), y_pred=np.array([0, 0, 0, 1, 1][:n]), timings={"train_s": 1.0},
     )
 
 
 def _start(store, run_id="r1"):
-    store.start_run(run_id, study="s", kind="baseline", label="b", seed=0, config={"x": 1}, versions={"torch": "x"}, git_commit="abc")
+    store.start_run(run_id, study="s", identity={"kind": "baseline", "label": "b", "seed": 0}, config={"x": 1}, versions={"torch": "x"},
+                    git_commit="abc")
 
 
 def test_run_lifecycle_and_retry(tmp_path):
@@ -30,7 +31,9 @@ def test_run_lifecycle_and_retry(tmp_path):
     runs = store.runs()
     assert len(runs) == 1 and runs.status[0] == "finished" and runs.attempts[0] == 2
     assert runs.git_commit[0] == "abc" and '"torch"' in runs.versions_json[0]
-    assert len(store.predictions("r1")) == 5 and store.metrics().value[0] == 0.6
+    assert len(store.predictions("r1")) == 5
+    m = store.metrics().set_index(["metric", "attribute", "group"]).value
+    assert m[("accuracy", "", "")] == 0.6 and m[("accuracy", "gender", "f")] == 0.6 and m[("gap", "gender", "")] == 0.1
 
 
 def test_a_failing_write_leaves_nothing_behind(tmp_path):
@@ -48,7 +51,7 @@ def test_a_failing_write_leaves_nothing_behind(tmp_path):
 def test_restart_clears_partial_rows_of_an_unfinished_run(tmp_path):
     store = ResultStore(tmp_path)
     _start(store)
-    store.conn.execute("INSERT INTO metrics VALUES ('r1', 'stale', 1.0)")
+    store.conn.execute("INSERT INTO metrics VALUES ('r1', 'stale', '', '', 1.0)")
     _start(store)
     assert store.metrics().empty
 

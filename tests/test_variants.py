@@ -33,7 +33,7 @@ def test_plan_expands_recipes_times_repeats_and_runs_quantisation_once(grid_cfg)
     # fp32 export + int8 + int8-dynamic once each; three fine-tuned recipes x 2 repeats
     assert kinds.count("variant") == 3 + 3 * 2
     assert len({s.run_id for s in specs}) == len(specs)
-    pruned = [s for s in specs if s.recipe and "prune" in s.recipe[0]]
+    pruned = [s for s in specs if s.recipe and s.recipe.technique.startswith("prune")]
     assert {s.prefix_id for s in pruned if s.repeat == 0} == {pruned[0].prefix_id}  # shared by prune and prune+int8
 
 
@@ -51,8 +51,10 @@ def test_grid_runs_shares_fine_tuning_and_every_file_is_deployable(grid_cfg):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         y = sess.run(None, {"pixels": np.zeros((2, 1, 16, 16), np.float32)})[0]
         assert y.shape == (2, 8)
-    m = store.metrics().pivot(index="run_id", columns="name", values="value")
-    size = dict(zip(variants.label.str.split(" | ", regex=False).str[0], m.loc[variants.run_id, "zipped_bytes"]))
+    m = store.metrics().query("attribute == ''").pivot(index="run_id", columns="metric", values="value")
+    size = dict(zip(variants.variant, m.loc[variants.run_id, "zipped_bytes"]))
+    assert set(variants.technique) == {"baseline", "quantize", "prune", "prune + quantize", "cluster + quantize"}
+    assert variants.is_reference.sum() == 1 and dict(zip(variants.variant, variants.level))["prune 50% [epochs=1]"] == 0.5
     assert size["prune 50% [epochs=1] + int8-weights"] < size["prune 50% [epochs=1]"] < size["baseline (fp32)"]
     assert size["int8-weights"] < 0.3 * size["baseline (fp32)"]
     assert {"latency_ms", "throughput_ips", "nonzeros", "parameters", "raw_bytes"} <= set(m.columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -98,60 +99,62 @@ def _pct(x: object) -> str:
 
 
 def _show(study_dir: Path) -> None:
-    from .report.tables import LEAK_NOTE, deployment_table, failed_runs, paper_table, runs_table, variant_table, write_tables
+    from .report.results import NothingToAnalyse, load_results
+    from .report.tables import LEAK_NOTE, baseline_table, deployment_table, failed_runs, paper_table, variant_stats, write_tables
 
     store = ResultStore.open_existing(study_dir)
     try:
-        baselines = runs_table(store, kind="baseline")
-        groups = store.group_metrics()
-        variants = variant_table(store)
-        fails = failed_runs(store)
-        written = write_tables(store, study_dir, variants)
-    finally:
-        store.close()
-    if baselines.empty:
+        res = load_results(store, intersections=False)
+    except NothingToAnalyse:
         console.print(f"{study_dir}: no runs yet")
         return
-    attrs = list(dict.fromkeys(groups["attribute"])) if not groups.empty else []
+    finally:
+        store.close()
+    stats = variant_stats(res)
+    baselines = baseline_table(res)
+    _print_baselines(study_dir, baselines, res.attributes)
+    if (baselines["selection"] == LEAK_NOTE).any():
+        console.print(
+            "[yellow]warning: runs marked 'selected on test' chose their checkpoint on the test set (the authors' "
+            "protocol): their test accuracies are optimistic because selection leaks test data.[/]", soft_wrap=True)
+    if stats.empty:
+        _print_baseline_groups(baselines, res)
+    else:
+        _print_frame(paper_table(stats, digits=1, gaps=True),
+                     "variants in ONNX Runtime: zipped size, accuracy (%) and gap between groups (pp), mean ± std over baselines and repeats")
+        for attr in res.attributes:
+            _print_frame(paper_table(stats, digits=1, attribute=attr), f"accuracy (%) by {attr}")
+        _print_frame(deployment_table(stats), "variants: deployment measures of the exported files (means)")
+    fails = failed_runs(res)
+    if not fails.empty:
+        _print_frame(fails, "[red]failed runs[/]")
+    for f in write_tables(res, study_dir, stats):
+        console.print(f"wrote {f}")
+
+
+def _print_baselines(study_dir: Path, baselines, attrs: list[str]) -> None:
+    from .report.tables import LEAK_NOTE
+
     t = Table(title=f"{study_dir}: baselines (PyTorch, test split)", title_justify="left")
     for col in ["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]]:
         t.add_column(col, justify="right" if col not in ("run", "status", "selection") else "left")
     for _, r in baselines.iterrows():
         sel = f"[yellow]{r['selection']}[/]" if r["selection"] == LEAK_NOTE else str(r["selection"] or "")
         status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {str(r['error']).splitlines()[0]}"
-        t.add_row(r["label"], status, sel, _pct(r["accuracy"]), *[_pct(r.get(f"gap:{a}")) for a in attrs])
+        t.add_row(r["run"], status, sel, _pct(r.get("accuracy")), *[_pct(r.get(f"gap {a}")) for a in attrs])
     console.print(t)
-    if (baselines["selection"] == LEAK_NOTE).any():
-        console.print(
-            "[yellow]warning: runs marked 'selected on test' chose their checkpoint on the test set (the authors' "
-            "protocol): their test accuracies are optimistic because selection leaks test data.[/]", soft_wrap=True)
-    if variants.empty:
-        _group_tables(baselines, groups, attrs)
-    else:
-        _print_frame(paper_table(variants, digits=1, gaps=True),
-                     "variants in ONNX Runtime: zipped size, accuracy (%) and gap between groups (pp), mean ± std over baselines and repeats")
-        for attr in attrs:
-            _print_frame(paper_table(variants, digits=1, attribute=attr), f"accuracy (%) by {attr}")
-        _print_frame(deployment_table(variants), "variants: deployment measures of the exported files (means)")
-    if not fails.empty:
-        _print_frame(fails, "[red]failed runs[/]")
-    for f in written:
-        console.print(f"wrote {f}")
 
 
-def _group_tables(table, groups, attrs) -> None:
-    for attr in attrs:
-        cols = [c for c in table.columns if c.startswith(f"{attr}:")]
-        counts = groups[groups["attribute"] == attr].groupby("grp")["count"].first()
-        ta = Table(title=f"accuracy by {attr}", title_justify="left")
-        ta.add_column("run")
-        for c in cols:
-            g = c.split(":", 1)[1]
-            ta.add_column(f"{g} (n={counts.get(g, 0)})", justify="right")
-        for _, r in table.iterrows():
-            if r["status"] == "finished":
-                ta.add_row(r["label"], *[_pct(r[c]) for c in cols])
-        console.print(ta)
+def _print_baseline_groups(baselines, res) -> None:
+    """Accuracy per group of each finished baseline, one table per attribute (a study with no variants)."""
+    done = baselines[baselines.status == "finished"]
+    for attr in res.attributes:
+        counts = np.bincount(res.codes[attr][res.codes[attr] >= 0], minlength=len(res.groups[attr]))
+        shown = done[["run"]].copy()
+        for g, n in zip(res.groups[attr], counts):
+            if f"{attr}: {g}" in done:
+                shown[f"{g} (n={n})"] = done[f"{attr}: {g}"].map(_pct)
+        _print_frame(shown, f"accuracy by {attr}")
 
 
 def _print_frame(df, title: str) -> None:
@@ -181,19 +184,19 @@ class _RichHooks:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def run_started(self, spec, index: int, total: int) -> None:
-        console.print(f"[bold cyan]▶ {spec.label}[/]  ({index + 1}/{total} to run, id {spec.run_id})")
+    def run_started(self, run, index: int, total: int) -> None:
+        console.print(f"[bold cyan]▶ {run.label}[/]  ({index + 1}/{total} to run, id {run.run_id})")
 
-    def run_skipped(self, spec) -> None:
-        console.print(f"[dim]✓ {spec.label}: finished earlier, skipped[/]")
+    def run_skipped(self, run) -> None:
+        console.print(f"[dim]✓ {run.label}: finished earlier, skipped[/]")
 
-    def run_finished(self, spec, result) -> None:
+    def run_finished(self, run, result) -> None:
         self._drop_task()
-        console.print(f"[green]✓ {spec.label}[/]: test accuracy {_pct(result.metrics['accuracy'])}")
+        console.print(f"[green]✓ {run.label}[/]: test accuracy {_pct(result.scalar('accuracy'))}")
 
-    def run_failed(self, spec, error: str) -> None:
+    def run_failed(self, run, error: str) -> None:
         self._drop_task()
-        console.print(f"[red]✗ {spec.label}[/]: {error}")
+        console.print(f"[red]✗ {run.label}[/]: {error}")
 
     def batch(self, epoch: int, done: int, total: int) -> None:
         desc = f"epoch {epoch}"
@@ -212,6 +215,21 @@ class _RichHooks:
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
+
+
+@app.command()
+def plugins() -> None:
+    """List every registered dataset, model, compression step and group metric, with their parameters."""
+    from .plugins import describe_plugins
+
+    for kind, rows in describe_plugins().items():
+        t = Table(title=kind, title_justify="left")
+        t.add_column("name")
+        t.add_column("parameters (default)")
+        t.add_column("about")
+        for row in rows:
+            t.add_row(row.name, row.parameters, row.about)
+        console.print(t)
 
 
 @data_app.command("synth")
@@ -254,7 +272,7 @@ def data_synth(
 
 @data_app.command("check")
 def data_check(
-    name: str = typer.Argument(..., help="dataset: ckplus, rafdb, fer2013, sfew, folder or synthetic"),
+    name: str = typer.Argument(..., help="a registered dataset (`faircompress plugins` lists them)"),
     path: Optional[Path] = typer.Argument(None, help="your copy of the dataset (its root folder or file)"),
     param: list[str] = typer.Option([], "--param", "-p", help="loader parameter as key=value (YAML value), repeatable"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping it"),
@@ -269,9 +287,8 @@ def data_check(
     from .config import format_errors
     from .data.common import report_of
     from .data.problems import DatasetError
-    from .data.registry import DATASETS, _import_builtin_sources, default_cache_dir, load_dataset
+    from .data.registry import DATASETS, default_cache_dir, load_dataset
 
-    _import_builtin_sources()
     if name not in DATASETS:
         _fail(f"unknown dataset {name!r} (known: {', '.join(DATASETS.names())})")
     source = DATASETS.get(name)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .data.registry import DATASETS, _import_builtin_sources
+from .data.registry import DATASETS
 
 
 class ConfigError(Exception):
@@ -30,7 +30,6 @@ class DatasetConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        _import_builtin_sources()
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r} (known: {', '.join(DATASETS.names())})")
         return v
@@ -41,7 +40,6 @@ class DatasetConfig(Strict):
         name = info.data.get("name")
         if name is None:  # the name itself was invalid and is reported on its own
             return v
-        _import_builtin_sources()
         try:
             # normalise to the loader's full parameter set so identity hashes are stable
             return DATASETS.get(name).params.model_validate(v).model_dump(mode="json")
@@ -55,13 +53,12 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _validate_params(self) -> "ModelConfig":
-        from .models import MODELS
+        from .models.registry import FIXED_ARGUMENTS, MODELS
 
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r} (known: {', '.join(MODELS.names())})")
         sig = inspect.signature(MODELS.get(self.name))
-        fixed = {"in_channels", "num_classes", "input_size"}
-        allowed = set(sig.parameters) - fixed
+        allowed = set(sig.parameters) - set(FIXED_ARGUMENTS)
         for key in self.params:
             if key not in allowed:
                 raise ValueError(f"unknown parameter {key!r} for model {self.name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")

@@ -17,7 +17,10 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), metric TEXT NOT NULL, attribute TEXT NOT NULL DEFAULT '',
+    grp TEXT NOT NULL DEFAULT '', value REAL, PRIMARY KEY (run_id, metric, attribute, grp))"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -32,17 +35,10 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL, finished_at REAL,
     timings_json TEXT, device TEXT, precision TEXT, selection TEXT,
     versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT,
-    recipe_json TEXT, repeat INTEGER, baseline_id TEXT, details_json TEXT
+    recipe_json TEXT, repeat INTEGER, baseline_id TEXT, details_json TEXT,
+    variant TEXT, recipe_key TEXT, technique TEXT, level REAL, is_reference INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL,
-    PRIMARY KEY (run_id, name));
-CREATE TABLE IF NOT EXISTS class_metrics (
-    run_id TEXT NOT NULL REFERENCES runs(run_id), class TEXT NOT NULL, count INTEGER, recall REAL,
-    PRIMARY KEY (run_id, class));
-CREATE TABLE IF NOT EXISTS group_metrics (
-    run_id TEXT NOT NULL REFERENCES runs(run_id), attribute TEXT NOT NULL, grp TEXT NOT NULL,
-    count INTEGER, accuracy REAL, PRIMARY KEY (run_id, attribute, grp));
+""" + _METRICS_TABLE + """;
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, train_loss REAL, train_acc REAL,
     sel_loss REAL, sel_acc REAL, lr REAL, seconds REAL, train_seconds REAL, PRIMARY KEY (run_id, epoch));
@@ -55,7 +51,9 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key TEXT PRIMARY KEY, name TEXT, class_names_json TEXT, attribute_groups_json TEXT);
 """
-_CHILD_TABLES = ("metrics", "class_metrics", "group_metrics", "epochs", "predictions")
+_CHILD_TABLES = ("metrics", "epochs", "predictions")
+IDENTITY_COLUMNS = ("kind", "label", "seed", "recipe_json", "repeat", "baseline_id", "variant", "recipe_key", "technique", "level",
+                    "is_reference")
 
 
 class StoreError(Exception):
@@ -66,9 +64,7 @@ class StoreError(Exception):
 class RunResult:
     """Everything a finished run writes, in one transaction."""
 
-    metrics: dict[str, float]
-    class_metrics: pd.DataFrame   # class, count, recall
-    group_metrics: pd.DataFrame   # attribute, group, count, accuracy
+    metrics: pd.DataFrame         # long format: metric, attribute, group, value (see evaluate/metrics.py)
     epochs: list[dict[str, float]]
     sample_ids: np.ndarray
     y_true: np.ndarray
@@ -79,6 +75,12 @@ class RunResult:
     selection: str = ""
     artefact: str = ""
     details: dict[str, Any] = field(default_factory=dict)  # e.g. per-kernel distinct values and sparsity
+
+    def scalar(self, metric: str) -> float:
+        """A scalar metric's value (nan when absent)."""
+        m = self.metrics
+        row = m[(m.metric == metric) & (m.attribute == "") & (m.group == "")]
+        return float(row.value.iloc[0]) if len(row) else float("nan")
 
 
 class ResultStore:
@@ -100,9 +102,38 @@ class ResultStore:
             raise StoreError(f"{self.path}: not a usable results store ({e}); move it aside to start afresh") from None
         except OSError as e:
             raise StoreError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
-        if found != str(SCHEMA_VERSION):
+        if found == "1":
+            self._migrate_from_v1()
+        elif found != str(SCHEMA_VERSION):
             self.conn.close()
             raise StoreError(f"{self.path}: written with store schema {found}, this version reads {SCHEMA_VERSION}")
+
+    def _migrate_from_v1(self) -> None:
+        """Schema 1 -> 2, in one transaction: typed identity columns from each run's recipe, and the
+        three metric tables (scalars named 'gap:<attribute>', groups, classes) as one long table."""
+        from .compress.recipes import parse_recipe
+
+        with self.transaction() as c:
+            for col, kind in [("variant", "TEXT"), ("recipe_key", "TEXT"), ("technique", "TEXT"), ("level", "REAL"),
+                              ("is_reference", "INTEGER NOT NULL DEFAULT 0")]:
+                c.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+            for run_id, recipe_json in c.execute("SELECT run_id, recipe_json FROM runs WHERE kind='variant'").fetchall():
+                r = parse_recipe(json.loads(recipe_json or "[]"))
+                c.execute("UPDATE runs SET variant=?, recipe_key=?, technique=?, level=?, is_reference=? WHERE run_id=?",
+                          (r.label, r.key(), r.technique, r.level, int(r.is_reference), run_id))
+            c.execute("ALTER TABLE metrics RENAME TO metrics_v1")
+            c.execute(_METRICS_TABLE)
+            c.execute("""INSERT INTO metrics SELECT run_id,
+                           CASE WHEN instr(name, ':') > 0 THEN substr(name, 1, instr(name, ':') - 1) ELSE name END,
+                           CASE WHEN instr(name, ':') > 0 THEN substr(name, instr(name, ':') + 1) ELSE '' END, '', value
+                         FROM metrics_v1""")
+            for metric in ("accuracy", "count"):
+                c.execute(f"INSERT INTO metrics SELECT run_id, '{metric}', attribute, grp, {metric} FROM group_metrics")
+            c.execute("INSERT INTO metrics SELECT run_id, 'accuracy', 'class', class, recall FROM class_metrics")
+            c.execute("INSERT INTO metrics SELECT run_id, 'count', 'class', class, count FROM class_metrics")
+            for table in ("metrics_v1", "group_metrics", "class_metrics"):
+                c.execute(f"DROP TABLE {table}")
+            c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @classmethod
     def open_existing(cls, study_dir: str | Path) -> "ResultStore":
@@ -130,31 +161,29 @@ class ResultStore:
         row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
-    def start_run(self, run_id: str, *, study: str, kind: str, label: str, seed: int, config: dict[str, Any],
-                  versions: dict[str, str], git_commit: str, recipe: list | None = None, repeat: int = 0,
-                  baseline_id: str | None = None) -> None:
-        """Mark a run as running (a retry of an unfinished or failed run clears its partial rows)."""
+    def start_run(self, run_id: str, *, study: str, identity: dict[str, Any], config: dict[str, Any], versions: dict[str, str],
+                  git_commit: str) -> None:
+        """Mark a run as running (a retry of an unfinished or failed run clears its partial rows).
+        ``identity``: the planned run's typed columns (`IDENTITY_COLUMNS`; kind, label and seed required)."""
+        cols = [c for c in IDENTITY_COLUMNS if c in identity]
+        values = [json.dumps(v) if c == "recipe_json" and v is not None else v for c, v in ((c, identity[c]) for c in cols)]
         with self.transaction() as c:
             for table in _CHILD_TABLES:
                 c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             c.execute(
-                """INSERT INTO runs (run_id, study, kind, label, seed, config_json, status, attempts, started_at,
-                                     versions_json, git_commit, recipe_json, repeat, baseline_id)
-                   VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?, ?, ?)
+                f"""INSERT INTO runs (run_id, study, config_json, status, attempts, started_at, versions_json, git_commit, {", ".join(cols)})
+                   VALUES (?, ?, ?, 'running', 1, ?, ?, ?{", ?" * len(cols)})
                    ON CONFLICT(run_id) DO UPDATE SET status='running', attempts=attempts+1, started_at=excluded.started_at,
                        config_json=excluded.config_json, versions_json=excluded.versions_json,
                        git_commit=excluded.git_commit, error=NULL, finished_at=NULL""",
-                (run_id, study, kind, label, seed, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit,
-                 None if recipe is None else json.dumps(recipe), repeat, baseline_id),
+                (run_id, study, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit, *values),
             )
 
     def finish_run(self, run_id: str, r: RunResult) -> None:
+        m = r.metrics
         with self.transaction() as c:
-            c.executemany("INSERT INTO metrics VALUES (?, ?, ?)", [(run_id, k, float(v)) for k, v in r.metrics.items()])
-            c.executemany("INSERT INTO class_metrics VALUES (?, ?, ?, ?)",
-                          [(run_id, row["class"], int(row["count"]), float(row["recall"])) for _, row in r.class_metrics.iterrows()])
-            c.executemany("INSERT INTO group_metrics VALUES (?, ?, ?, ?, ?)",
-                          [(run_id, row["attribute"], row["group"], int(row["count"]), float(row["accuracy"])) for _, row in r.group_metrics.iterrows()])
+            c.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                          zip([run_id] * len(m), m["metric"], m["attribute"], m["group"], m["value"].astype(float)))
             c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(run_id, e["epoch"], e["train_loss"], e["train_acc"], e["sel_loss"], e["sel_acc"], e["lr"], e["seconds"],
                             e["train_seconds"]) for e in r.epochs])
@@ -188,13 +217,11 @@ class ResultStore:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)
 
     def metrics(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM metrics", self.conn)
+        """Every stored metric in long format: run_id, metric, attribute, group, value."""
+        return pd.read_sql_query("SELECT run_id, metric, attribute, grp AS \"group\", value FROM metrics", self.conn)
 
-    def group_metrics(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM group_metrics", self.conn)
-
-    def class_metrics(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM class_metrics", self.conn)
+    def all_predictions(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT run_id, sample, y_pred FROM predictions", self.conn)
 
     def predictions(self, run_id: str) -> pd.DataFrame:
         return pd.read_sql_query("SELECT sample, y_true, y_pred FROM predictions WHERE run_id=? ORDER BY sample", self.conn, params=(run_id,))

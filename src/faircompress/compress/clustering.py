@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .pruning import prunable
-from .recipes import STEPS, Step, StepParams, TuneContext
+from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
 def linear_init(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -168,8 +168,8 @@ class ClusterParams(StepParams):
 
 
 @STEPS.register("cluster")
-class ClusterStep(Step):
-    name, stage, Params = "cluster", "train", ClusterParams
+class ClusterStep(TrainStep):
+    name, Params, level = "cluster", ClusterParams, "clusters"
     example = {"clusters": 8, "epochs": 1}
 
     def short(self) -> str:

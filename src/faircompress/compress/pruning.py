@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .recipes import STEPS, Step, StepParams, TuneContext
+from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
 def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -80,8 +80,8 @@ class PruneParams(StepParams):
 
 
 @STEPS.register("prune")
-class PruneStep(Step):
-    name, stage, Params = "prune", "train", PruneParams
+class PruneStep(TrainStep):
+    name, Params, level = "prune", PruneParams, "sparsity"
     example = {"sparsity": 0.5, "epochs": 1}
 
     def short(self) -> str:

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 from pydantic import Field
 
-from .recipes import STEPS, Step, StepParams
+from .recipes import STEPS, ExportStep, StepParams
 
 MIN_ELEMENTS = 1024  # TFLite leaves smaller tensors in float
 
@@ -138,17 +138,16 @@ class QuantizeParams(StepParams):
 
 
 @STEPS.register("quantize")
-class QuantizeStep(Step):
-    name, stage, Params = "quantize", "export", QuantizeParams
+class QuantizeStep(ExportStep):
+    name, Params = "quantize", QuantizeParams
     example = {"mode": "int8-weights"}
     always_label = ("mode",)
 
     def short(self) -> str:
         return self.params.mode + self._extras("mode")
 
-    @property
-    def fp16(self) -> bool:
-        return self.params.mode == "fp16"
+    def export_precision(self) -> Literal["fp32", "fp16"]:
+        return "fp16" if self.params.mode == "fp16" else "fp32"
 
     def transform(self, src: Path, dst: Path, calibration: np.ndarray) -> None:
         """src: the exported file; dst: the quantised file (fp16 is done at export: a copy)."""

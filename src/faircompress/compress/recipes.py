@@ -1,18 +1,21 @@
 """Compression recipes: ordered steps with parameters, each step a registered technique.
 
 A recipe is written in a study config as a list of one-key mappings, e.g.
-``[{prune: {sparsity: 0.5}}, {quantize: {mode: int8-weights}}]``. Steps act at one of two stages:
-``train`` steps change the PyTorch model (and fine-tune it) before export; ``export`` steps decide
-how the model is exported or transform the exported ONNX file. A new technique is one module that
-defines a `Step` and registers it; recipes, validation and the study pick it up by name.
+``[{prune: {sparsity: 0.5}}, {quantize: {mode: int8-weights}}]``. Steps are of two kinds:
+`TrainStep`s change the PyTorch model (and fine-tune it) before export; `ExportStep`s decide how the
+model is exported and transform the exported ONNX file. A new technique is one module in
+`compress/` that defines a step class and registers it; recipes, validation and the study find it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..registry import Registry
@@ -22,13 +25,14 @@ class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Step:
-    """One compression technique. Subclasses set ``name``, ``stage``, ``Params`` and ``example``;
-    train-stage steps implement ``apply(model, ctx)``, export-stage steps ``transform(src, dst, calibration)``."""
+class Step(ABC):
+    """One compression technique: a name, a parameter model, and the parameter that is its level
+    (what the report puts on the x-axis, e.g. pruning's sparsity; None when it has none). Subclass
+    `TrainStep` or `ExportStep`, not this."""
 
     name: ClassVar[str]
-    stage: ClassVar[Literal["train", "export"]]
     Params: ClassVar[type[StepParams]]
+    level: ClassVar[str | None] = None
     example: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and registry-wide tests
     always_label: ClassVar[tuple[str, ...]] = ()  # parameters named in labels even at their defaults
 
@@ -50,8 +54,37 @@ class Step:
         inner = ", ".join(f"{k}={v}" for k, v in shown.items())
         return f"{self.name}({inner})"
 
+    def level_value(self) -> float | None:
+        """The value of this step's level parameter, as a number."""
+        if self.level is None:
+            return None
+        value = getattr(self.params, self.level)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-STEPS: Registry[type[Step]] = Registry("compression step")
+
+class TrainStep(Step):
+    """Changes the PyTorch model (and fine-tunes it) before export."""
+
+    @abstractmethod
+    def apply(self, model: Any, ctx: "TuneContext") -> None:
+        """Compress ``model`` in place; ``ctx.fine_tune`` runs the training recipe."""
+
+
+class ExportStep(Step):
+    """Decides how the model is exported, or transforms the exported ONNX file."""
+
+    def export_precision(self) -> Literal["fp32", "fp16"]:
+        """The precision the PyTorch model is exported at, before `transform` runs."""
+        return "fp32"
+
+    @abstractmethod
+    def transform(self, src: Path, dst: Path, calibration: np.ndarray) -> None:
+        """Write the compressed form of the ONNX file ``src`` to ``dst``; ``calibration`` holds
+        training images (uint8, N x C x H x W) for steps that calibrate activation ranges."""
+
+
+STEPS: Registry[type[Step]] = Registry("compression step", "faircompress.compress", "faircompress.steps")
+REFERENCE_LABEL = "baseline (fp32)"  # the recipe with no steps: the baseline's own fp32 export
 
 
 class RecipeError(ValueError):
@@ -60,7 +93,7 @@ class RecipeError(ValueError):
 
 @dataclass
 class TuneContext:
-    """What a train-stage step gets: ``fine_tune(model, epochs, after_step)`` runs the training
+    """What a `TrainStep` gets: ``fine_tune(model, epochs, after_step)`` runs the training
     recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step."""
 
     fine_tune: Callable[[Any, int, Callable[[int], None] | None], Any]
@@ -73,15 +106,34 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        return " + ".join(s.short() for s in self.steps) or "baseline (fp32)"
+        return " + ".join(s.short() for s in self.steps) or REFERENCE_LABEL
 
     @property
-    def train_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if s.stage == "train")
+    def is_reference(self) -> bool:
+        return not self.steps
 
     @property
-    def export_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if s.stage == "export")
+    def technique(self) -> str:
+        """The steps' names, e.g. 'prune + quantize'; 'baseline' for the reference."""
+        return " + ".join(s.name for s in self.steps) or "baseline"
+
+    @property
+    def level(self) -> float | None:
+        """The level of the first step that declares one (e.g. 0.5 for prune 50 % + int8)."""
+        return next((v for v in (s.level_value() for s in self.steps) if v is not None), None)
+
+    @property
+    def train_steps(self) -> tuple[TrainStep, ...]:
+        return tuple(s for s in self.steps if isinstance(s, TrainStep))
+
+    @property
+    def export_steps(self) -> tuple[ExportStep, ...]:
+        return tuple(s for s in self.steps if isinstance(s, ExportStep))
+
+    @property
+    def export_precision(self) -> str:
+        """fp16 when an export step asks for it, else fp32."""
+        return "fp16" if any(s.export_precision() == "fp16" for s in self.export_steps) else "fp32"
 
     def to_config(self) -> list[dict[str, dict[str, Any]]]:
         return [{s.name: s.params.model_dump(mode="json")} for s in self.steps]
@@ -93,7 +145,6 @@ class Recipe:
 
 def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
     """Validate a recipe from its config form; errors name the recipe, the step and the field."""
-    _import_builtin_steps()
     if not isinstance(raw, list):
         raise RecipeError(f"{where}: a recipe is a list of steps, e.g. [{{prune: {{sparsity: 0.5}}}}]")
     steps: list[Step] = []
@@ -105,6 +156,8 @@ def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
         if name not in STEPS:
             raise RecipeError(f"{at}: unknown step {name!r} (known: {', '.join(STEPS.names())})")
         cls = STEPS.get(name)
+        if not issubclass(cls, (TrainStep, ExportStep)):
+            raise RecipeError(f"{at}: step {name!r} is neither a TrainStep nor an ExportStep")
         try:
             steps.append(cls(cls.Params.model_validate(params or {})))
         except ValidationError as e:
@@ -119,13 +172,10 @@ def _check_order(steps: list[Step], where: str) -> None:
     for n in set(names):
         if names.count(n) > 1:
             raise RecipeError(f"{where}: step {n!r} appears {names.count(n)} times")
-    stages = [s.stage for s in steps]
+    stages = ["export" if isinstance(s, ExportStep) else "train" for s in steps]
     if "export" in stages and "train" in stages[stages.index("export"):]:
         first = names[stages.index("export")]
         later = names[len(stages) - 1 - stages[::-1].index("train")]
         raise RecipeError(f"{where}: {later!r} cannot come after {first!r}: training steps change the PyTorch model, "
                           "which no longer exists once it is exported and quantised")
 
-
-def _import_builtin_steps() -> None:
-    from . import clustering, pruning, quantization  # noqa: F401  (each registers its step)

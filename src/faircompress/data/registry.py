@@ -1,4 +1,5 @@
-"""Datasets by name. A loader is one module that registers a `DatasetSource`."""
+"""Datasets by name. A loader is one module in `data/loaders/` that registers a `DatasetSource`;
+the registry finds it there (see `faircompress.registry`)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,10 @@ class DatasetSource:
     load: Callable[[BaseModel, LoadReport], FaceDataset]  # builds the dataset, recording problems found
     fingerprint: Callable[[BaseModel], str] | None = None  # extra cache key (e.g. source file list)
     version: str = "1"                           # bump when the loader's output changes
+    example: Callable[[Path], dict] | None = None  # writes a tiny copy of the layout under a folder, returns params
 
 
-DATASETS: Registry[DatasetSource] = Registry("dataset")
+DATASETS: Registry[DatasetSource] = Registry("dataset", "faircompress.data.loaders", "faircompress.datasets")
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +43,6 @@ def cache_key(name: str, params: BaseModel) -> str:
 def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None, strict: bool = False) -> FaceDataset:
     """Load a registered dataset, reusing a cached ``.npz`` when its key matches. ``strict`` stops at
     the first unreadable file instead of skipping it (and reads the files, not the cache)."""
-    _import_builtin_sources()
     source = DATASETS.get(name)
     if not isinstance(params, source.params):
         params = source.params.model_validate(params or {})
@@ -57,6 +58,3 @@ def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: P
     ds.save_npz(path)
     return ds
 
-
-def _import_builtin_sources() -> None:
-    from . import ckplus, fer2013, folder, rafdb, sfew, synthetic  # noqa: F401  (each registers itself)

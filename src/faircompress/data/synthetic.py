@@ -13,7 +13,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .dataset import SPLITS, FaceDataset
-from .registry import DATASETS, DatasetSource
 
 CKPLUS_CLASSES = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 RAFDB_CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
@@ -420,5 +419,3 @@ def generate(p: SyntheticParams) -> FaceDataset:
         meta={"source": "synthetic", "seed": str(p.seed), "label_noise_flipped": str(int(flip.sum()))},
     )
 
-
-DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=lambda p, report: generate(p), version="3"))

@@ -12,9 +12,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..compress.recipes import REFERENCE_LABEL
+from ..evaluate import fairness as F
 from ..store import ResultStore, StoreError
 from . import analysis as A
 from . import figures
+from . import tables as T
+from .results import NothingToAnalyse, StudyResults, Variant, load_results
 from .tables import markdown_table
 
 Progress = Callable[[str], None]
@@ -45,51 +49,59 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     out_tables.mkdir(exist_ok=True)
     report = Report(html=study_dir / "report.html")
     runs = store.runs()
-    failed = runs[runs.status == "failed"][["label", "error"]]
-    if len(failed):
-        report.missing += [f"failed: {r.label}: {str(r.error).splitlines()[-1] if r.error else '?'}" for r in failed.itertuples()]
-    try:
-        res = A.load_results(store)
-    except ValueError as e:
-        report.missing.append(str(e))
-        res = None
-    if res is not None and A.BASELINE not in set(res.variants.variant):
-        report.missing.append(f"no finished '{A.BASELINE}' variant: every comparison needs the baseline's exported file")
-        res = None
+    report.missing += [f"failed: {r.label}: {str(r.error).splitlines()[-1] if r.error else '?'}" for r in runs[runs.status == "failed"].itertuples()]
+    res = _loaded(store, report.missing)
     sections: list[str] = []
     if res is not None:
-        say("group accuracies and intervals")
-        groups = A.group_table(res)
-        say(f"paired bootstrap of gap changes ({n_boot} resamples)")
-        gaps = A.gap_table(res, n_boot, seed)
-        say("McNemar tests, CEV/SDE, exemplars")
-        mcn = A.mcnemar_table(res)
-        errs = A.error_change_table(res)
-        cie = A.exemplar_table(res)
-        recall = pd.concat([A.class_group_recall(res, v).assign(variant=v) for v in dict.fromkeys(res.variants.variant)])
-        tables = {"paper": paper_with_intervals(res, groups), "gaps": gaps, "mcnemar": mcn, "error_change": errs,
-                  "exemplars": cie, "groups": groups, "class_group_recall": recall, "class_rates": A.class_rate_table(res)}
-        for name, df in tables.items():
+        report.tables = _tables(res, n_boot, seed, say)
+        for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
-        report.tables = tables
         say("figures")
-        report.figures = _figures(res, groups, gaps, out_figs, study_dir)
-        sections = _sections(res, tables, report.figures)
+        report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir)
+        sections = _sections(res, report.tables, report.figures)
     report.html.write_text(_html(_header(runs, res), report.missing, sections), encoding="utf-8")
     return report
 
 
-def paper_with_intervals(res: A.StudyResults, groups: pd.DataFrame) -> pd.DataFrame:
+def _loaded(store: ResultStore, missing: list[str]) -> StudyResults | None:
+    """The study's results, or None with the reason added to ``missing``."""
+    try:
+        res = load_results(store)
+    except NothingToAnalyse as e:
+        missing.append(str(e))
+        return None
+    if res.reference is None:
+        missing.append(f"no finished '{REFERENCE_LABEL}' variant: every comparison needs the baseline's exported file")
+        return None
+    return res
+
+
+def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress) -> dict[str, pd.DataFrame]:
+    say("group accuracies and intervals")
+    groups = A.group_table(res)
+    say(f"paired bootstrap of gap changes ({n_boot} resamples)")
+    gaps = A.gap_table(res, n_boot, seed)
+    say("McNemar tests, CEV/SDE, exemplars")
+    recall = pd.concat([A.class_group_recall(res, v).assign(variant=v.label) for v in res.variants])
+    stats = T.variant_stats(res)
+    return {"paper": paper_with_intervals(res, groups), "gaps": gaps, "mcnemar": A.mcnemar_table(res),
+            "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
+            "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
+            "baselines": T.baseline_table(res).drop(columns=["run_id"])}
+
+
+def paper_with_intervals(res: StudyResults, groups: pd.DataFrame) -> pd.DataFrame:
     """The paper's table: size, accuracy and each group's accuracy as 'mean ± std [Wilson 95 %]'."""
-    size = res.variants.groupby("variant", sort=False).size_mb.agg(["mean", "std"])
+    size = res.run_table().groupby("key", sort=False).size_mb.agg(["mean", "std"])
     rows = []
-    for variant in dict.fromkeys(res.variants.variant):
+    for variant in res.variants:
         pop = res.population(variant)
         acc = (pop == res.y_true).mean(1)
-        lo, hi = A.F.wilson_interval(acc.mean() * len(res.y_true), len(res.y_true))
-        row = {"variant": variant, "models": len(pop), "size (MB)": f"{size.loc[variant, 'mean']:.2f} ± {np.nan_to_num(size.loc[variant, 'std']):.2f}",
+        lo, hi = F.wilson_interval(acc.mean() * len(res.y_true), len(res.y_true))
+        row = {"variant": variant.label, "models": len(pop),
+               "size (MB)": f"{size.loc[variant.key, 'mean']:.2f} ± {np.nan_to_num(size.loc[variant.key, 'std']):.2f}",
                "accuracy": _cell(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else 0.0, lo, hi, False)}
-        for r in groups[(groups.variant == variant) & ~groups.attribute.str.contains(" × ")].itertuples():
+        for r in groups[(groups.variant == variant.label) & groups.attribute.isin(res.attributes)].itertuples():
             row[f"{r.attribute}: {r.group}"] = _cell(r.accuracy, r.std, r.ci_low, r.ci_high, r.too_few, r.n)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -101,33 +113,38 @@ def _cell(mean, std, lo, hi, too_few: bool, n: int | None = None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _figures(res: A.StudyResults, groups, gaps, out: Path, study_dir: Path) -> list[Path]:
+def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path) -> list[Path]:
     paths = figures.level_curves(res, groups, out)
     if not gaps.empty:
         paths.append(figures.gap_vs_size(res, gaps, out))
-    pruned = res.variants[res.variants.family == "prune"]
-    if not pruned.empty:
-        run = pruned.sort_values(["level", "repeat"], ascending=[False, True]).iloc[0]
-        arts = res.runs.set_index("run_id").artefact
-        base_run = res.variants[res.variants.variant == A.BASELINE].run_id.iloc[0]
-        before, after = (_initializers(study_dir, arts.get(r)) for r in (base_run, run.run_id))
-        common = [k for k in sorted(before, key=lambda k: -before[k].size) if k in after]
-        if common:
-            paths.append(figures.weight_histograms(before[common[0]], after[common[0]], common[0], run.variant, out))
+    paths += _weight_figure(res, out, study_dir)
     if res.attributes:
-        chosen = _most_changed(res, gaps)
-        paths.append(figures.confusion_by_group(res, [A.BASELINE, chosen] if chosen != A.BASELINE else [A.BASELINE],
-                                                res.attributes[0], out))
+        ref, chosen = A.reference(res), _most_changed(res, gaps)
+        paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
     return paths
 
 
-def _most_changed(res: A.StudyResults, gaps: pd.DataFrame) -> str:
+def _weight_figure(res: StudyResults, out: Path, study_dir: Path) -> list[Path]:
+    """Histograms of the largest kernel: the baseline's export against the strongest pruning."""
+    pruned = res.run_table().query("technique == 'prune'")
+    if pruned.empty:
+        return []
+    run = pruned.sort_values(["level", "repeat"], ascending=[False, True]).iloc[0]
+    arts = res.runs.set_index("run_id").artefact
+    before, after = (_initializers(study_dir, arts.get(r)) for r in (A.reference(res).run_ids[0], run.run_id))
+    common = [k for k in sorted(before, key=lambda k: -before[k].size) if k in after]
+    return [figures.weight_histograms(before[common[0]], after[common[0]], common[0], run.variant, out)] if common else []
+
+
+def _most_changed(res: StudyResults, gaps: pd.DataFrame) -> Variant:
     """The variant whose first-attribute gap changed most (significant changes first)."""
-    g = gaps[(gaps.attribute == res.attributes[0]) & (gaps.variant != A.BASELINE)] if not gaps.empty else gaps
+    ref = A.reference(res)
+    g = gaps[(gaps.attribute == res.attributes[0]) & (gaps.variant != ref.label)] if not gaps.empty else gaps
     if g.empty:
-        return A.BASELINE
+        return ref
     g = g.assign(key=g.gap_change.abs() + g.significant.astype(float))
-    return str(g.sort_values("key").variant.iloc[-1])
+    label = str(g.sort_values("key").variant.iloc[-1])
+    return next(v for v in res.variants if v.label == label)
 
 
 def _initializers(study_dir: Path, artefact: str | None) -> dict[str, np.ndarray]:
@@ -168,7 +185,7 @@ def to_booktabs(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 # ----------------------------------------------------------------------------- HTML
-def _header(runs: pd.DataFrame, res: A.StudyResults | None) -> dict[str, str]:
+def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     info: dict[str, str] = {}
     if runs.empty:
         return {"study": "no runs recorded"}
@@ -181,11 +198,11 @@ def _header(runs: pd.DataFrame, res: A.StudyResults | None) -> dict[str, str]:
                                   else "subject-disjoint validation split" for s in sorted(selection)) or "?"
     if res is not None:
         info["test set"] = f"{len(res.y_true)} images, {len(np.unique(res.subjects))} subjects"
-        base = res.variants[res.variants.variant == A.BASELINE]
+        runs_ = res.run_table()
+        base = runs_[runs_.key == A.reference(res).key]
         info["baseline seeds"] = ", ".join(map(str, sorted(base.seed.unique())))
-        info["repeats"] = str(int(res.variants.repeat.max()) + 1)
-        info["models per population"] = (f"baseline {len(base)}; each variant up to "
-                                         f"{int(res.variants.groupby('variant').size().max())}")
+        info["repeats"] = str(int(runs_["repeat"].max()) + 1)
+        info["models per population"] = f"baseline {len(base)}; each variant up to {max(len(v.run_ids) for v in res.variants)}"
     versions = runs.versions_json.dropna()
     if len(versions):
         info["packages"] = ", ".join(f"{k} {v}" for k, v in json.loads(versions.iloc[-1]).items())
@@ -193,7 +210,7 @@ def _header(runs: pd.DataFrame, res: A.StudyResults | None) -> dict[str, str]:
     return info
 
 
-def _sections(res: A.StudyResults, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[str]:
+def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[str]:
     gaps, mcn, cie, errs = tables["gaps"], tables["mcnemar"], tables["exemplars"], tables["error_change"]
     out = [_section("Accuracy per group", "mean ± std over each population's models, [Wilson 95 % interval]; "
                     "groups with fewer than 5 test images are marked as too few.", tables["paper"])]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import BASELINE, StudyResults
+from .results import StudyResults
 
 
 def _plt():
@@ -30,47 +30,56 @@ def save(fig, out: Path, name: str) -> Path:
 
 
 def level_curves(res: StudyResults, groups: pd.DataFrame, out: Path) -> list[Path]:
-    """Per technique family with levels: size vs level, and accuracy vs level overall and per group."""
+    """Per technique with levels: size vs level, and accuracy vs level overall and per group."""
     plt = _plt()
-    v = res.variants.dropna(subset=["level"])
+    runs = res.run_table().dropna(subset=["level"])
     paths = []
-    base = groups[(groups.variant == BASELINE)]
-    for family, fam in v.groupby("family", sort=False):
-        stats = fam.groupby("level").size_mb.agg(["mean", "std"]).fillna(0)
+    ref = res.reference
+    base = groups[groups.variant == ref.label] if ref is not None else groups.iloc[:0]
+    for technique, fam in runs.groupby("technique", sort=False):
         fig, axes = plt.subplots(1, 1 + len(res.attributes), figsize=(4.2 * (1 + len(res.attributes)), 3.4))
         axes = np.atleast_1d(axes)
-        axes[0].plot(stats.index, stats["mean"], "o-")
-        axes[0].fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.25)
-        axes[0].set(title=f"{family}: zipped size", xlabel="level", ylabel="MB")
-        names = dict(zip(fam.variant, fam.level))
-        overall = pd.DataFrame([{"level": lvl, "acc": (res.population(v) == res.y_true).mean(1)} for v, lvl in names.items()])
-        overall = overall.sort_values("level") if not overall.empty else overall
+        _size_curve(axes[0], fam, technique)
+        variants = [v for v in res.variants if v.key in set(fam.key)]
         for ax, attr in zip(axes[1:], res.attributes):
-            if not overall.empty:
-                mean = 100 * np.array([a.mean() for a in overall.acc])
-                std = 100 * np.array([a.std() for a in overall.acc])
-                ax.plot(overall.level, mean, "k--", label="overall", lw=1)
-                ax.fill_between(overall.level, mean - std, mean + std, alpha=0.1, color="k")
-            g = groups[(groups.attribute == attr) & groups.variant.isin(names)].assign(level=lambda d: d.variant.map(names))
-            for grp, rows in g.groupby("group", sort=False):
-                rows = rows.sort_values("level")
-                line, = ax.plot(rows.level, 100 * rows.accuracy, "o-", label=grp, ms=3)
-                ax.fill_between(rows.level, 100 * (rows.accuracy - rows["std"]), 100 * (rows.accuracy + rows["std"]),
-                                alpha=0.2, color=line.get_color())
-                b = base[(base.attribute == attr) & (base.group == grp)]
-                if not b.empty:
-                    ax.axhline(100 * b.accuracy.iloc[0], ls=":", lw=1, color=line.get_color())
-            ax.set(title=f"{family}: accuracy by {attr}", xlabel="level", ylabel="% (dotted: baseline)")
+            _accuracy_curves(ax, res, variants, groups, base, attr)
+            ax.set(title=f"{technique}: accuracy by {attr}", xlabel="level", ylabel="% (dotted: baseline)")
             ax.legend(fontsize=7)
-        paths.append(save(fig, out, f"levels-{_slug(family)}"))
+        paths.append(save(fig, out, f"levels-{_slug(technique)}"))
     return paths
+
+
+def _size_curve(ax, runs: pd.DataFrame, technique: str) -> None:
+    stats = runs.groupby("level").size_mb.agg(["mean", "std"]).fillna(0)
+    ax.plot(stats.index, stats["mean"], "o-")
+    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.25)
+    ax.set(title=f"{technique}: zipped size", xlabel="level", ylabel="MB")
+
+
+def _accuracy_curves(ax, res: StudyResults, variants: list, groups: pd.DataFrame, base: pd.DataFrame, attr: str) -> None:
+    """Overall accuracy (dashed) and each group's accuracy against the level, ± std shaded."""
+    levels = {v.label: v.level for v in variants}
+    overall = sorted(((v.level, (res.population(v) == res.y_true).mean(1)) for v in variants), key=lambda t: t[0])
+    if overall:
+        lv = [lvl for lvl, _ in overall]
+        mean, std = 100 * np.array([a.mean() for _, a in overall]), 100 * np.array([a.std() for _, a in overall])
+        ax.plot(lv, mean, "k--", label="overall", lw=1)
+        ax.fill_between(lv, mean - std, mean + std, alpha=0.1, color="k")
+    g = groups[(groups.attribute == attr) & groups.variant.isin(levels)].assign(level=lambda d: d.variant.map(levels))
+    for grp, rows in g.groupby("group", sort=False):
+        rows = rows.sort_values("level")
+        line, = ax.plot(rows.level, 100 * rows.accuracy, "o-", label=grp, ms=3)
+        ax.fill_between(rows.level, 100 * (rows.accuracy - rows["std"]), 100 * (rows.accuracy + rows["std"]), alpha=0.2, color=line.get_color())
+        b = base[(base.attribute == attr) & (base.group == grp)]
+        if not b.empty:
+            ax.axhline(100 * b.accuracy.iloc[0], ls=":", lw=1, color=line.get_color())
 
 
 def gap_vs_size(res: StudyResults, gaps: pd.DataFrame, out: Path) -> Path:
     """Change of each attribute's gap against mean zipped size, with 95 % bootstrap intervals; the
     Pareto frontier (no smaller variant with a smaller gap change) is drawn as a line."""
     plt = _plt()
-    size = res.variants.groupby("variant").size_mb.mean()
+    size = res.run_table().groupby("variant").size_mb.mean()
     attrs = res.attributes
     fig, axes = plt.subplots(1, len(attrs), figsize=(4.8 * len(attrs), 3.8), squeeze=False)
     for ax, attr in zip(axes[0], attrs):
@@ -104,7 +113,7 @@ def weight_histograms(before: np.ndarray, after: np.ndarray, layer: str, variant
     return save(fig, out, "weights")
 
 
-def confusion_by_group(res: StudyResults, variants: list[str], attr: str, out: Path) -> Path:
+def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) -> Path:
     """Row-normalised confusion matrices (modal prediction of each population) per group."""
     from ..evaluate.fairness import modal
 
@@ -121,7 +130,7 @@ def confusion_by_group(res: StudyResults, variants: list[str], attr: str, out: P
             cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
             ax = axes[i, j]
             ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
-            ax.set_title(f"{variant}\n{attr} {name} (n={int(m.sum())})", fontsize=7)
+            ax.set_title(f"{variant.label}\n{attr} {name} (n={int(m.sum())})", fontsize=7)
             ax.set_xticks(range(k), [c[:3] for c in res.class_names], fontsize=5, rotation=90)
             ax.set_yticks(range(k), [c[:3] for c in res.class_names], fontsize=5)
     return save(fig, out, f"confusion-{_slug(attr)}")

@@ -1,118 +1,149 @@
-"""Result tables from a study's store (torch-free)."""
+"""The result tables `show` prints and `report` writes, one function each, all computed from one
+loaded `StudyResults` (torch-free).
+
+`variant_stats` is the paper's Tables 6/7 as long-format data: per variant and measure (size,
+accuracy, each group's accuracy, each attribute's gap, deployment measures), the mean and std over the
+variant's runs. The display tables below select from it by its columns, never by parsing names.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ..store import ResultStore
+from .analysis import gap_groups, group_accuracies, model_gaps
+from .results import MB, StudyResults
 
 LEAK_NOTE = "selected on test (leaks test data)"
-MB = 1e6  # the paper's MB
+DEPLOYMENT = ["raw_bytes", "parameters", "nonzeros", "latency_ms", "throughput_ips"]  # stored scalars, averaged per variant
+STATS_COLUMNS = ["key", "variant", "n", "measure", "attribute", "group", "mean", "std"]
 
 
-def runs_table(store: ResultStore, kind: str | None = None) -> pd.DataFrame:
-    """One row per run: label, status, selection, accuracy, then accuracy per group and gap per attribute."""
-    runs = store.runs()
-    if kind is not None:
-        runs = runs[runs.kind == kind]
+def per_run_measures(res: StudyResults, run_ids: list[str]) -> pd.DataFrame:
+    """One row per run, columns (measure, attribute, group): accuracy, each group's accuracy and each
+    attribute's gap, all from the stored predictions."""
+    cols: dict[tuple[str, str, str], np.ndarray] = {}
+    correct = np.stack([res.preds[r] == res.y_true for r in run_ids]) if run_ids else np.zeros((0, len(res.y_true)), bool)
+    cols[("accuracy", "", "")] = correct.mean(1)
+    for attr in res.attributes:
+        acc = group_accuracies(res, attr, run_ids).pivot(index="run", columns=attr, values="accuracy").reindex(run_ids)
+        for g in res.groups[attr]:
+            if g in acc.columns:
+                cols[("accuracy", attr, g)] = acc[g].to_numpy()
+    pop = np.stack([res.preds[r] for r in run_ids]) if run_ids else np.zeros((0, len(res.y_true)), int)
+    for attr, gg in gap_groups(res).items():
+        if attr in res.attributes:
+            cols[("gap", attr, "")] = model_gaps(res, pop, attr, gg)[0]
+    frame = pd.DataFrame(cols, index=pd.Index(run_ids, name="run_id"))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["measure", "attribute", "group"])
+    return frame
+
+
+def variant_stats(res: StudyResults) -> pd.DataFrame:
+    """Per variant and measure: mean and std over its runs (long format, `STATS_COLUMNS`)."""
+    runs = res.run_table().set_index("run_id")
     if runs.empty:
+        return pd.DataFrame(columns=STATS_COLUMNS)
+    measures = per_run_measures(res, list(runs.index))
+    deploy = {(m, "", ""): res.scalar(m).reindex(runs.index) for m in DEPLOYMENT if m in res.scalars}
+    data = pd.concat([pd.DataFrame({("size_mb", "", ""): runs.size_mb}), measures, pd.DataFrame(deploy, index=runs.index)], axis=1)
+    agg = data.groupby(runs.key.to_numpy(), sort=False).agg(["mean", "std"])
+    labels, sizes = {v.key: v.label for v in res.variants}, runs.groupby("key", sort=False).size()
+    rows = [(k, labels[k], int(sizes[k]), *col, agg.loc[k, (*col, "mean")], agg.loc[k, (*col, "std")])
+            for k in agg.index for col in data.columns]
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+
+
+def variant_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """`variant_stats` as one wide row per variant (the CSV form): columns '<measure>_mean/_std',
+    where a group's accuracy is named '<attribute>:<group>' and a gap 'gap:<attribute>'."""
+    if stats.empty:
         return pd.DataFrame()
-    m = store.metrics()
-    metrics = m.pivot(index="run_id", columns="name", values="value") if not m.empty else pd.DataFrame()
-    groups = store.group_metrics()
-    table = runs[["run_id", "label", "seed", "status", "selection", "precision", "error"]].set_index("run_id")
-    table["selection"] = table["selection"].map(lambda s: LEAK_NOTE if s == "test" else s)
-    table["accuracy"] = metrics.get("accuracy")
-    if not groups.empty:
-        wide = groups.assign(col=groups["attribute"] + ":" + groups["grp"]).pivot(index="run_id", columns="col", values="accuracy")
-        ordered = list(dict.fromkeys(groups["attribute"] + ":" + groups["grp"]))
-        table = table.join(wide[ordered])
-        for attr in dict.fromkeys(groups["attribute"]):
-            table[f"gap:{attr}"] = metrics.get(f"gap:{attr}")
-    return table.reset_index()
+    name = np.where(stats.measure.eq("accuracy") & stats.attribute.ne(""), stats.attribute + ":" + stats.group,
+                    np.where(stats.attribute.ne(""), stats.measure + ":" + stats.attribute, stats.measure))
+    long = stats.assign(column=name)
+    order = list(dict.fromkeys(long.column))
+    wide = long.pivot(index="key", columns="column", values=["mean", "std"])
+    out = pd.DataFrame({"variant": long.drop_duplicates("key").set_index("key").variant,
+                        "n": long.drop_duplicates("key").set_index("key").n})
+    for c in order:
+        out[f"{c}_mean"], out[f"{c}_std"] = wide[("mean", c)], wide[("std", c)]
+    return out.loc[list(dict.fromkeys(long.key))].reset_index(drop=True)
 
 
-def variant_table(store: ResultStore) -> pd.DataFrame:
-    """The paper's Tables 6/7 as data: one row per recipe (over baselines and repeats), with mean and
-    std of zipped size (MB), accuracy and every group's accuracy, plus deployment measures."""
-    runs = store.runs()
-    runs = runs[(runs.kind == "variant") & (runs.status == "finished")]
-    if runs.empty:
-        return pd.DataFrame()
-    m = store.metrics().pivot(index="run_id", columns="name", values="value").loc[runs.run_id]
-    g = store.group_metrics()
-    g = g[g.run_id.isin(runs.run_id)]
-    wide = g.assign(col=g["attribute"] + ":" + g["grp"]).pivot(index="run_id", columns="col", values="accuracy")
-    group_cols = list(dict.fromkeys(g["attribute"] + ":" + g["grp"]))
-    data = pd.DataFrame({
-        "variant": runs.set_index("run_id").label.str.split(" | ", regex=False).str[0],
-        "size_mb": m["zipped_bytes"] / MB,
-        "accuracy": m["accuracy"],
-    }).join(wide[group_cols])
-    for col in [c for c in m.columns if c.startswith("gap:")] + ["raw_bytes", "parameters", "nonzeros", "latency_ms", "throughput_ips"]:
-        if col in m:
-            data[col] = m[col]
-    order = list(dict.fromkeys(data["variant"]))
-    agg = data.groupby("variant", sort=False).agg(["mean", "std"])
-    agg.columns = [f"{c}_{s}" for c, s in agg.columns]
-    agg.insert(0, "n", data.groupby("variant", sort=False).size())
-    return agg.loc[order].reset_index()
-
-
-def paper_table(table: pd.DataFrame, digits: int = 2, attribute: str | None = None, gaps: bool = False) -> pd.DataFrame:
-    """Display form of `variant_table`: variant, size, accuracy and each group as 'mean ± std' (%).
+def paper_table(stats: pd.DataFrame, digits: int = 2, attribute: str | None = None, gaps: bool = False) -> pd.DataFrame:
+    """Display form of `variant_stats`: variant, size, accuracy and each group as 'mean ± std' (%).
 
     attribute: only that attribute's groups (and no size/accuracy); gaps: the gap per attribute
     instead of the groups (a compact overview)."""
-    groups = [c[:-5] for c in table.columns if ":" in c and c.endswith("_mean") and not c.startswith("gap:")]
+    overall = stats[stats.measure.isin(["size_mb", "accuracy"]) & stats.attribute.eq("")]
     if attribute is not None:
-        cols = [c for c in groups if c.split(":", 1)[0] == attribute]
+        rows = stats[stats.measure.eq("accuracy") & stats.attribute.eq(attribute)]
     elif gaps:
-        cols = ["size_mb", "accuracy"] + [c[:-5] for c in table.columns if c.startswith("gap:") and c.endswith("_mean")]
+        rows = pd.concat([overall, stats[stats.measure.eq("gap")]])
     else:
-        cols = ["size_mb", "accuracy"] + groups
-    out = pd.DataFrame({"variant": table["variant"], "n": table["n"]})
-    for c in cols:
-        scale = 1 if c == "size_mb" else 100
-        mean, std = table[f"{c}_mean"] * scale, table[f"{c}_std"].fillna(0) * scale
-        name = "size (MB)" if c == "size_mb" else (c.split(":", 1)[1] if attribute else c.replace(":", " "))
-        out[name] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in zip(mean, std)]
-    return out
+        rows = pd.concat([overall, stats[stats.measure.eq("accuracy") & stats.attribute.ne("")]])
+    out = stats.drop_duplicates("key").set_index("key")[["variant", "n"]]
+    for (measure, attr, group), cell in rows.groupby(["measure", "attribute", "group"], sort=False):
+        scale = 1 if measure == "size_mb" else 100
+        name = ("size (MB)" if measure == "size_mb" else "accuracy" if not attr else group if attribute
+                else f"{measure} {attr}" if measure == "gap" else f"{attr} {group}")
+        cell = cell.set_index("key")
+        mean, std = cell["mean"] * scale, cell["std"].fillna(0) * scale
+        out[name] = [f"{a:.{digits}f} ± {b:.{digits}f}" if pd.notna(a) else "–" for a, b in zip(mean.reindex(out.index), std.reindex(out.index))]
+    return out.reset_index(drop=True)
 
 
-def deployment_table(table: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"variant": table["variant"], "zipped MB": table["size_mb_mean"].round(3)})
-    if "raw_bytes_mean" in table:
-        out["raw MB"] = (table["raw_bytes_mean"] / MB).round(3)
-    if "nonzeros_mean" in table:
-        out["non-zeros"] = table["nonzeros_mean"].round().astype("Int64")
-    if "latency_ms_mean" in table:
-        out["latency ms (b=1)"] = table["latency_ms_mean"].round(3)
-        out["images/s (batched)"] = table["throughput_ips_mean"].round(1)
-    return out
+def deployment_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """Means of the deployment measures of the exported files."""
+    means = stats[stats.attribute.eq("")].pivot(index="key", columns="measure", values="mean")
+    keys = list(dict.fromkeys(stats.key))
+    means = means.reindex(keys)
+    out = pd.DataFrame({"variant": stats.drop_duplicates("key").set_index("key").variant.reindex(keys),
+                        "zipped MB": means["size_mb"].round(3)})
+    if "raw_bytes" in means:
+        out["raw MB"] = (means["raw_bytes"] / MB).round(3)
+    if "nonzeros" in means:
+        out["non-zeros"] = means["nonzeros"].round().astype("Int64")
+    if "latency_ms" in means:
+        out["latency ms (b=1)"] = means["latency_ms"].round(3)
+        out["images/s (batched)"] = means["throughput_ips"].round(1)
+    return out.reset_index(drop=True)
 
 
-def failed_runs(store: ResultStore) -> pd.DataFrame:
-    runs = store.runs()
-    bad = runs[runs.status == "failed"]
+def baseline_table(res: StudyResults) -> pd.DataFrame:
+    """One row per training run (any status): run, seed, status, selection, error, and for finished
+    runs their PyTorch test accuracy, gap per attribute and accuracy per group (from predictions)."""
+    runs = res.baselines()
+    table = pd.DataFrame({"run_id": runs.run_id, "run": runs.label, "seed": runs.seed, "status": runs.status,
+                          "selection": runs.selection.map(lambda s: LEAK_NOTE if s == "test" else s), "error": runs.error})
+    done = [r for r in runs.run_id if r in res.preds]
+    if done:
+        m = per_run_measures(res, done)
+        m.columns = [("gap " + a) if meas == "gap" else (f"{a}: {g}" if a else meas) for meas, a, g in m.columns]
+        table = table.merge(m, left_on="run_id", right_index=True, how="left")
+    return table.reset_index(drop=True)
+
+
+def failed_runs(res: StudyResults) -> pd.DataFrame:
+    bad = res.runs[res.runs.status == "failed"]
     return pd.DataFrame({"run": bad.label, "error": bad.error.fillna("").str.split("\n", regex=False).str[0]})
 
 
-def write_tables(store: ResultStore, study_dir: Path, table: pd.DataFrame | None = None) -> list[Path]:
-    """Markdown and CSV of the study's tables under ``study_dir/tables`` (temp name, then rename).
-    ``table``: an already computed `variant_table`."""
-    table = variant_table(store) if table is None else table
-    if table.empty:
+def write_tables(res: StudyResults, study_dir: Path, stats: pd.DataFrame | None = None) -> list[Path]:
+    """Markdown and CSV of the study's tables under ``study_dir/tables`` (temp name, then rename)."""
+    stats = variant_stats(res) if stats is None else stats
+    if stats.empty:
         return []
     out = Path(study_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "results.csv": table.to_csv(index=False),
-        "results.md": markdown_table(paper_table(table), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
-        + "\n" + markdown_table(deployment_table(table), "Deployment measures of the exported ONNX files (means)"),
+        "results.csv": variant_table(stats).to_csv(index=False),
+        "results.md": markdown_table(paper_table(stats), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
+        + "\n" + markdown_table(deployment_table(stats), "Deployment measures of the exported ONNX files (means)"),
     }
-    fails = failed_runs(store)
+    fails = failed_runs(res)
     if not fails.empty:
         files["results.md"] += "\n" + markdown_table(fails, "Failed runs")
     written = []

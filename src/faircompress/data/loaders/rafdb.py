@@ -9,13 +9,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import assemble, require_dir
-from .dataset import UNKNOWN, FaceDataset
-from .images import Preprocess, load_images
-from .problems import DatasetError, LoadReport
-from .registry import DATASETS, DatasetSource
-from .splits import TEST, TRAIN, carve_val
-from .tables import tree_fingerprint
+from ..common import assemble, require_dir
+from ..examples import make_rafdb
+from ..dataset import UNKNOWN, FaceDataset
+from ..images import Preprocess, load_images
+from ..problems import DatasetError, LoadReport
+from ..registry import DATASETS, DatasetSource
+from ..splits import TEST, TRAIN, carve_val
+from ..tables import tree_fingerprint
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]  # codes 1-7
 ATTRIBUTES = {  # the last three lines of each *_manu_attri.txt, in this order
@@ -127,4 +128,10 @@ def fingerprint(p: RAFDBParams) -> str:
     return tree_fingerprint(*(d for d in parts if d.exists()))
 
 
-DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, fingerprint=fingerprint, version="1"))
+def example(root: Path) -> dict:
+    """A tiny copy of the layout (noise images), for the registry tests."""
+    make_rafdb(root, train=24, test=8, side=32)
+    return {"root": str(root), "image_size": 16}
+
+
+DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, fingerprint=fingerprint, version="1", example=example))

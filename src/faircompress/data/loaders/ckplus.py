@@ -15,13 +15,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .dataset import FaceDataset
-from .common import assemble, attributes_from_csv, require_dir
-from .images import Detector, Preprocess, is_image, load_images
-from .problems import DatasetError, LoadReport
-from .registry import DATASETS, DatasetSource
-from .splits import subject_split
-from .tables import tree_fingerprint
+from ..examples import make_ckplus
+from ..dataset import FaceDataset
+from ..common import assemble, attributes_from_csv, require_dir
+from ..images import Detector, Preprocess, is_image, load_images
+from ..problems import DatasetError, LoadReport
+from ..registry import DATASETS, DatasetSource
+from ..splits import subject_split
+from ..tables import tree_fingerprint
 
 CLASSES = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 LAYOUT = """CK+/
@@ -73,7 +74,7 @@ def load(p: CKPlusParams, report: LoadReport) -> FaceDataset:
 
     images, ok = load_images(paths, Preprocess(p.image_size, p.channels, p.detector, p.margin), report)
     if p.gender_csv is None:
-        with resources.as_file(resources.files(__package__) / "resources" / "ckplus_gender.csv") as authors:
+        with resources.as_file(resources.files("faircompress.data") / "resources" / "ckplus_gender.csv") as authors:
             attrs, groups = attributes_from_csv(authors, subjects, "subject", report, default={"gender": AUTHORS_OTHER_GENDER},
                                                 report_unused=False)  # it lists subjects a copy may lack
     else:
@@ -103,4 +104,10 @@ def fingerprint(p: CKPlusParams) -> str:
     return tree_fingerprint(*(f for f in files if f.exists()))
 
 
-DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, fingerprint=fingerprint, version="1"))
+def example(root: Path) -> dict:
+    """A tiny copy of the layout (noise images), for the registry tests."""
+    make_ckplus(root, subjects=8, sequences=3, frames=6)
+    return {"root": str(root), "detector": "none", "image_size": 16}
+
+
+DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, fingerprint=fingerprint, version="1", example=example))

@@ -11,13 +11,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import assemble, attributes_from_csv
-from .dataset import FaceDataset
-from .images import Detector, Preprocess, is_image, load_images
-from .problems import DatasetError, LoadReport
-from .registry import DATASETS, DatasetSource
-from .splits import TEST, TRAIN, carve_val
-from .tables import read_csv, tree_fingerprint
+from ..common import assemble, attributes_from_csv
+from ..examples import make_sfew
+from ..dataset import FaceDataset
+from ..images import Detector, Preprocess, is_image, load_images
+from ..problems import DatasetError, LoadReport
+from ..registry import DATASETS, DatasetSource
+from ..splits import TEST, TRAIN, carve_val
+from ..tables import read_csv, tree_fingerprint
 
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 LAYOUT = """SFEW/
@@ -84,4 +85,10 @@ def fingerprint(p: SFEWParams) -> str:
     return tree_fingerprint(*(d for d in parts if d.exists()))
 
 
-DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, fingerprint=fingerprint, version="1"))
+def example(root: Path) -> dict:
+    """A tiny copy of the layout (noise images), for the registry tests."""
+    make_sfew(root, per_class=3)
+    return {"root": str(root), "image_size": 16}
+
+
+DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, fingerprint=fingerprint, version="1", example=example))

@@ -12,13 +12,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import assemble, encode_groups
-from .dataset import SPLITS, FaceDataset
-from .images import Detector, Preprocess, is_image, load_images
-from .problems import DatasetError, LoadReport
-from .registry import DATASETS, DatasetSource
-from .splits import subject_split
-from .tables import read_csv, tree_fingerprint
+from ..common import assemble, encode_groups
+from ..examples import make_folder
+from ..dataset import SPLITS, FaceDataset
+from ..images import Detector, Preprocess, is_image, load_images
+from ..problems import DatasetError, LoadReport
+from ..registry import DATASETS, DatasetSource
+from ..splits import subject_split
+from ..tables import read_csv, tree_fingerprint
 
 KNOWN_COLUMNS = ("path", "label", "label_name", "subject", "split")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -130,4 +131,9 @@ def fingerprint(p: FolderParams) -> str:
     return tree_fingerprint(p.root, _csv(p))
 
 
-DATASETS.register("folder")(DatasetSource(params=FolderParams, load=load, fingerprint=fingerprint, version="1"))
+def example(root: Path) -> dict:
+    """A tiny copy of the layout (noise images), for the registry tests."""
+    return make_folder(root)
+
+
+DATASETS.register("folder")(DatasetSource(params=FolderParams, load=load, fingerprint=fingerprint, version="1", example=example))

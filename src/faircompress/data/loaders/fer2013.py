@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import assemble, attributes_from_csv
-from .dataset import FaceDataset
-from .problems import DatasetError, LoadReport
-from .registry import DATASETS, DatasetSource
-from .splits import TEST, TRAIN, VAL
-from .tables import tree_fingerprint
+from ..common import assemble, attributes_from_csv
+from ..examples import make_fer2013
+from ..dataset import FaceDataset
+from ..problems import DatasetError, LoadReport
+from ..registry import DATASETS, DatasetSource
+from ..splits import TEST, TRAIN, VAL
+from ..tables import tree_fingerprint
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE = {"training": TRAIN, "publictest": VAL, "privatetest": TEST}
@@ -89,4 +90,11 @@ def fingerprint(p: FER2013Params) -> str:
     return tree_fingerprint(*files)
 
 
-DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, fingerprint=fingerprint, version="1"))
+def example(root: Path) -> dict:
+    """A tiny copy of the layout (noise images), for the registry tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    make_fer2013(root / "fer2013.csv", n=30)
+    return {"root": str(root), "image_size": 16}
+
+
+DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, fingerprint=fingerprint, version="1", example=example))

@@ -1,0 +1,105 @@
+"""What a study will run: typed planned runs (their identity is stored as columns, so nothing ever
+parses a label), and the progress hooks the study and its executors call."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from .compress.recipes import Recipe, parse_recipe
+
+if TYPE_CHECKING:
+    from .config import StudyConfig
+    from .store import RunResult
+
+PROTOCOL_VERSION = 1  # bump when a change makes old results incomparable
+
+
+def identity_hash(obj: Any, n: int = 20) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+class RunKind(str, Enum):
+    BASELINE = "baseline"  # trains a model
+    VARIANT = "variant"    # applies a recipe to a trained baseline and measures the exported file
+
+
+@dataclass(frozen=True, eq=False)
+class PlannedRun:
+    kind: RunKind
+    seed: int                     # the baseline's seed
+    identity: dict[str, Any]      # everything that determines the run; hashed into run_id
+    recipe: Recipe | None = None  # variants only
+    repeat: int = 0
+    baseline_id: str | None = None
+    repeats: int = 1              # repeats of this recipe (for the label)
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_id", identity_hash(self.identity))
+
+    @property
+    def tune_seed(self) -> int:
+        return 1000 * (self.repeat + 1) + self.seed
+
+    @property
+    def label(self) -> str:
+        """For progress lines only."""
+        if self.recipe is None:
+            return f"baseline seed={self.seed}"
+        return f"{self.recipe.label} | seed={self.seed}" + (f" rep={self.repeat}" if self.repeats > 1 else "")
+
+    @property
+    def prefix_id(self) -> str:
+        """Identity of the fine-tuned PyTorch model this variant exports: recipes that share their
+        training steps (e.g. prune 50 % and prune 50 % + int8) share it, so it is trained once."""
+        assert self.recipe is not None, "baselines have no prefix"
+        if not self.recipe.train_steps:
+            return self.baseline_id or ""
+        return identity_hash({"baseline": self.baseline_id, "steps": self.recipe.key(self.recipe.train_steps), "repeat": self.repeat})
+
+    def columns(self) -> dict[str, Any]:
+        """The typed identity the store keeps as columns (see `store.IDENTITY_COLUMNS`)."""
+        cols: dict[str, Any] = {"kind": self.kind.value, "label": self.label, "seed": self.seed, "repeat": self.repeat,
+                                "baseline_id": self.baseline_id}
+        if self.recipe is not None:
+            r = self.recipe
+            cols |= {"recipe_json": r.to_config(), "variant": r.label, "recipe_key": r.key(), "technique": r.technique,
+                     "level": r.level, "is_reference": int(r.is_reference)}
+        return cols
+
+
+def plan(cfg: "StudyConfig") -> list[PlannedRun]:
+    """Every run the study needs, in execution order: baselines, then each baseline's variants
+    (its fp32 export first, then every recipe x repeat; recipes without fine-tuning run once)."""
+    train = cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"})  # these do not change results
+    base = {
+        "protocol": PROTOCOL_VERSION,
+        "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache"}),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": train,
+    }
+    evaluation = cfg.evaluation.model_dump(mode="json", exclude={"threads"})
+    baselines = [PlannedRun(RunKind.BASELINE, s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
+    variants = []
+    for b in baselines:
+        for raw in [[], *cfg.recipes]:
+            recipe = parse_recipe(raw)
+            repeats = cfg.repeats if recipe.train_steps else 1
+            for r in range(repeats):
+                ident = {"kind": "variant", "baseline": b.run_id, "recipe": recipe.to_config(), "repeat": r, "evaluation": evaluation}
+                variants.append(PlannedRun(RunKind.VARIANT, b.seed, ident, recipe, r, b.run_id, repeats))
+    return baselines + variants
+
+
+class Hooks:
+    """Progress callbacks; the CLI fills these with rich output, tests leave them quiet."""
+
+    def run_started(self, run: PlannedRun, index: int, total: int) -> None: ...
+    def run_skipped(self, run: PlannedRun) -> None: ...
+    def run_finished(self, run: PlannedRun, result: "RunResult") -> None: ...
+    def run_failed(self, run: PlannedRun, error: str) -> None: ...
+    def batch(self, epoch: int, done: int, total: int) -> None: ...
+    def epoch(self, log: Any) -> None: ...

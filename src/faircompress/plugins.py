@@ -1,0 +1,57 @@
+"""What is registered, described from the registries themselves (for `faircompress plugins` and the
+README's pointer to it): a new plug-in shows up here the moment its file exists."""
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class PluginRow:
+    name: str
+    parameters: str
+    about: str
+
+
+def describe_plugins() -> dict[str, list[PluginRow]]:
+    from .compress.recipes import STEPS, TrainStep
+    from .data.registry import DATASETS
+    from .evaluate.metrics import GROUP_METRICS
+    from .models.registry import FIXED_ARGUMENTS, MODELS
+
+    datasets = [PluginRow(n, _fields(s.params), _first_line(sys.modules.get(s.load.__module__))) for n, s in DATASETS.items()]
+    models = [PluginRow(n, _signature(f, FIXED_ARGUMENTS), _first_line(f) or _first_line(sys.modules.get(f.__module__)))
+              for n, f in MODELS.items()]
+    steps = [PluginRow(n, _fields(cls.Params), f"{'train' if issubclass(cls, TrainStep) else 'export'} step"
+                       + (f", level = {cls.level}" if cls.level else "") + f"; {_first_line(sys.modules.get(cls.__module__))}")
+             for n, cls in STEPS.items()]
+    metrics = [PluginRow(n, "", _first_line(f)) for n, f in GROUP_METRICS.items()]
+    return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics}
+
+
+def _fields(params: type[BaseModel]) -> str:
+    return ", ".join(f"{k}" + ("" if f.is_required() else f"={_short(f.get_default(call_default_factory=True))}")
+                     for k, f in params.model_fields.items())
+
+
+def _signature(fn: Any, fixed: tuple[str, ...]) -> str:
+    ps = [p for p in inspect.signature(fn).parameters.values() if p.name not in fixed]
+    return ", ".join(p.name + ("" if p.default is inspect.Parameter.empty else f"={_short(p.default)}") for p in ps)
+
+
+def _short(value: Any) -> str:
+    text = repr(value.model_dump() if isinstance(value, BaseModel) else value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _first_line(obj: Any) -> str:
+    """The first sentence of an object's docstring."""
+    doc = inspect.getdoc(obj) if obj is not None else None
+    if not doc:
+        return ""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    return para.split(". ")[0].rstrip(".") + "."

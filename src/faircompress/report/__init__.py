@@ -1,0 +1,1 @@
+"""From a study's store to tables, figures and report.html (torch-free)."""

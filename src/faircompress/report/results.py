@@ -1,0 +1,133 @@
+"""A study's results, loaded once from the store: the one object every table, figure, `show` and
+`report` read (torch-free; no images needed).
+
+Variants are grouped by their recipe's key (a hash of its canonical steps), never by a label; the
+label is only what tables print. The reference is the recipe with no steps (each baseline's own fp32
+export); a variant's population is all of its repeats over all baselines.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from ..store import ResultStore
+
+MB = 1e6  # the paper's MB
+INTERSECTION = " × "  # joins two attributes' names (and their groups') into an intersection
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe of the study and the finished runs that applied it."""
+
+    key: str                 # the recipe's key: what rows are grouped by
+    label: str               # what tables print
+    technique: str           # the steps' names, e.g. 'prune + quantize'
+    level: float             # the first step's level parameter (nan when it has none)
+    is_reference: bool
+    run_ids: tuple[str, ...]
+
+
+@dataclass
+class StudyResults:
+    class_names: list[str]
+    groups: dict[str, list[str]]          # attribute (and "a × b" intersections) -> group names
+    codes: dict[str, np.ndarray]          # attribute -> (N,) codes, -1 unknown
+    subjects: np.ndarray                  # (N,)
+    y_true: np.ndarray                    # (N,)
+    runs: pd.DataFrame                    # every run, with its typed identity columns
+    variants: list[Variant]               # in plan order; the reference first when it finished
+    preds: dict[str, np.ndarray]          # run_id -> (N,) predictions aligned with y_true (finished runs)
+    scalars: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id x scalar metric (size, latency, ...)
+
+    @property
+    def attributes(self) -> list[str]:
+        return [a for a in self.groups if INTERSECTION not in a]
+
+    @property
+    def reference(self) -> Variant | None:
+        return next((v for v in self.variants if v.is_reference), None)
+
+    def population(self, variant: Variant) -> np.ndarray:
+        """(models, N) predictions of a variant's runs."""
+        return np.stack([self.preds[i] for i in variant.run_ids])
+
+    def baselines(self) -> pd.DataFrame:
+        """The training runs, every status."""
+        return self.runs[self.runs.kind == "baseline"]
+
+    def run_table(self) -> pd.DataFrame:
+        """One row per finished variant run: run_id, variant key and label, technique, level, seed,
+        repeat and zipped size in MB."""
+        rows = [{"run_id": r, "key": v.key, "variant": v.label, "technique": v.technique, "level": v.level}
+                for v in self.variants for r in v.run_ids]
+        table = pd.DataFrame(rows, columns=["run_id", "key", "variant", "technique", "level"])
+        ident = self.runs.set_index("run_id")
+        table["seed"] = ident.seed.reindex(table.run_id).to_numpy()
+        table["repeat"] = ident["repeat"].fillna(0).astype(int).reindex(table.run_id).to_numpy()
+        table["size_mb"] = self.scalar("zipped_bytes").reindex(table.run_id).to_numpy() / MB
+        return table
+
+    def scalar(self, metric: str) -> pd.Series:
+        """A stored scalar metric per run_id (empty when no run has it)."""
+        return self.scalars[metric] if metric in self.scalars else pd.Series(dtype=float)
+
+
+class NothingToAnalyse(ValueError):
+    """The study has no recorded test samples yet."""
+
+
+def load_results(store: ResultStore, intersections: bool = True) -> StudyResults:
+    c = store.conn
+    datasets = c.execute("SELECT dataset_key, class_names_json, attribute_groups_json FROM datasets").fetchall()
+    if not datasets:
+        raise NothingToAnalyse("the study has no test samples recorded yet (no run has started)")
+    key, classes_json, groups_json = datasets[-1]
+    samples = pd.read_sql_query("SELECT sample, subject, label, attributes_json FROM samples WHERE dataset_key=? ORDER BY sample",
+                                c, params=(key,))
+    groups, codes = _attribute_codes(samples, json.loads(groups_json), intersections)
+    runs = store.runs()
+    finished = runs[runs.status == "finished"]
+    preds = _predictions(store, samples["sample"].to_numpy(), set(finished.run_id))
+    metrics = store.metrics()
+    scalar_rows = metrics[(metrics.attribute == "") & (metrics.group == "")]
+    scalars = scalar_rows.pivot(index="run_id", columns="metric", values="value") if not scalar_rows.empty else pd.DataFrame()
+    return StudyResults(json.loads(classes_json), groups, codes, samples.subject.astype(str).to_numpy(), samples.label.to_numpy(),
+                        runs, _variants(finished[finished.run_id.isin(preds)]), preds, scalars)
+
+
+def _attribute_codes(samples: pd.DataFrame, groups: dict[str, list[str]], intersections: bool):
+    attrs = samples.attributes_json.map(json.loads)
+    codes = {a: np.array([d[a] for d in attrs], dtype=np.int64) for a in groups}
+    if intersections:
+        for a, b in combinations(list(groups), 2):
+            ga, gb = groups[a], groups[b]
+            both = (codes[a] >= 0) & (codes[b] >= 0)
+            codes[f"{a}{INTERSECTION}{b}"] = np.where(both, codes[a] * len(gb) + codes[b], -1)
+            groups[f"{a}{INTERSECTION}{b}"] = [f"{x}{INTERSECTION}{y}" for x in ga for y in gb]
+    return groups, codes
+
+
+def _predictions(store: ResultStore, sample_ids: np.ndarray, run_ids: set[str]) -> dict[str, np.ndarray]:
+    index = pd.Series(np.arange(len(sample_ids)), index=sample_ids)
+    preds = {}
+    for run_id, df in store.all_predictions().groupby("run_id"):
+        if run_id in run_ids:
+            arr = np.full(len(sample_ids), -1, dtype=np.int64)
+            arr[index.reindex(df["sample"]).to_numpy()] = df.y_pred.to_numpy()
+            preds[run_id] = arr
+    return preds
+
+
+def _variants(finished: pd.DataFrame) -> list[Variant]:
+    v = finished[finished.kind == "variant"]
+    out = []
+    for key, rows in v.groupby("recipe_key", sort=False):
+        first = rows.iloc[0]
+        level = float(first.level) if pd.notna(first.level) else float("nan")
+        out.append(Variant(str(key), str(first.variant), str(first.technique), level, bool(first.is_reference), tuple(rows.run_id)))
+    return sorted(out, key=lambda x: not x.is_reference)  # stable: plan order otherwise
