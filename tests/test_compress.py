@@ -46,25 +46,6 @@ def _run(path, n=4):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-# --- the registry ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", STEPS.names())
-def test_every_registered_step_parses_its_example_and_runs(name, tiny, tmp_path):
-    step = STEPS.get(name)
-    recipe = parse_recipe([{name: step.example}])
-    assert recipe.label and recipe.steps[0].label().startswith(name)
-    model = _model()
-    for s in recipe.train_steps:
-        s.apply(model, _ctx(tiny))
-    src = export_onnx(model, tmp_path / "m.onnx", (1, SIZE, SIZE), fp16=recipe.export_precision == "fp16")
-    path = src
-    for s in recipe.export_steps:
-        s.transform(src, tmp_path / "q.onnx", tiny.images[:32])
-        path = tmp_path / "q.onnx"
-    out = _run(path)
-    assert out.shape == (4, 8) and np.isfinite(out).all()
-    assert zipped_size(path) < zipped_size(export_onnx(_model(), tmp_path / "ref.onnx", (1, SIZE, SIZE)))  # it really shrinks
-
-
 # --- pruning -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9])
 def test_pruned_export_has_exactly_the_requested_sparsity_per_tensor(sparsity, tiny, tmp_path):

@@ -1,6 +1,8 @@
 """The fairness report end to end on a tiny study: `run` writes it, every table and figure is there,
 and odd study directories get a clear message or a report that lists what is missing."""
 import re
+
+import numpy as np
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -80,3 +82,71 @@ def test_report_on_a_dataset_without_attributes(study, tmp_path):
     rep = write_report(copy, n_boot=100)
     assert not rep.missing and rep.tables["gaps"].empty and len(rep.tables["exemplars"]) == len(REPORT_GRID)
     assert "Accuracy per group" in rep.html.read_text()
+
+
+def _printed_tables(output: str) -> list[tuple[str, list[dict[str, str]]]]:
+    """(title, rows as {column: cell}) of every rich table in `show`'s output."""
+    tables, title, header = [], "", None
+    for line in output.splitlines():
+        if "┃" in line:
+            header = [c.strip() for c in line.split("┃")[1:-1]]
+            tables.append((title, []))
+        elif "│" in line and header:
+            tables[-1][1].append(dict(zip(header, (c.strip() for c in line.split("│")[1:-1]))))
+        elif line.strip() and not any(ch in line for ch in "┏┡└━"):
+            title, header = line.strip(), None
+    return tables
+
+
+def test_every_number_show_prints_equals_the_reports(study):
+    from faircompress import cli
+
+    width = cli.console.width
+    cli.console.width = 600  # one line per row
+    try:
+        shown = CliRunner().invoke(app, ["show", str(study)])
+    finally:
+        cli.console.width = width
+    assert shown.exit_code == 0, shown.output
+    rep = write_report(study, n_boot=100)
+    variants, baselines = rep.tables["variants"].set_index("variant"), rep.tables["baselines"].set_index("run")
+    checked = 0
+    for title, rows in _printed_tables(shown.output):
+        attr = title.split(" by ")[-1] if title.startswith("accuracy (%) by") else None
+        for row in rows:
+            for col, cell in row.items():
+                expected = _expected(col, row, attr, variants, baselines)
+                if expected is None:
+                    continue
+                got = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", cell)]
+                assert np.allclose(got, expected[0], atol=expected[1] * 0.5 + 1e-9), (title, row, col, cell, expected)
+                checked += 1
+    assert checked >= 4 * len(variants) + 2 * len(baselines)
+
+
+def _expected(col: str, row: dict, attr: str | None, variants, baselines):
+    """(numbers, precision) the report holds for one printed cell; None for text cells."""
+    if "run" in row and row["run"] in baselines.index:  # the baselines table: percentages with 2 decimals
+        b = baselines.loc[row["run"]]
+        key = {"accuracy": "accuracy"}.get(col, col if col.startswith("gap ") else None)
+        if key is None:
+            return None
+        return ([100 * b[key]] if key in b.index and np.isfinite(b[key]) else [], 0.01)  # '–' where there is no gap
+    v = row.get("variant")
+    if v not in variants.index:
+        return None
+    r = variants.loc[v]
+    pair = lambda c, s=100: ([s * r[f"{c}_mean"], s * np.nan_to_num(r[f"{c}_std"])], 0.1)  # noqa: E731
+    if col == "size (MB)":
+        return pair("size_mb", 1)
+    if col == "accuracy":
+        return pair("accuracy")
+    if col.startswith("gap "):
+        return pair("gap:" + col[4:])
+    if attr is not None and f"{attr}:{col}_mean" in r:
+        return pair(f"{attr}:{col}")
+    if col == "zipped MB":
+        return [r["size_mb_mean"]], 0.001
+    if col == "latency ms (b=1)":
+        return [r["latency_ms_mean"]], 0.001
+    return None

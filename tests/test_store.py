@@ -93,3 +93,44 @@ def test_store_of_another_schema_version_is_refused(tmp_path):
     store.close()
     with pytest.raises(StoreError, match="schema 999"):
         ResultStore(tmp_path)
+
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, study TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, seed INTEGER NOT NULL,
+    config_json TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,
+    timings_json TEXT, device TEXT, precision TEXT, selection TEXT, versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT,
+    recipe_json TEXT, repeat INTEGER, baseline_id TEXT, details_json TEXT);
+CREATE TABLE metrics (run_id TEXT NOT NULL, name TEXT NOT NULL, value REAL, PRIMARY KEY (run_id, name));
+CREATE TABLE class_metrics (run_id TEXT NOT NULL, class TEXT NOT NULL, count INTEGER, recall REAL, PRIMARY KEY (run_id, class));
+CREATE TABLE group_metrics (run_id TEXT NOT NULL, attribute TEXT NOT NULL, grp TEXT NOT NULL, count INTEGER, accuracy REAL,
+    PRIMARY KEY (run_id, attribute, grp));
+INSERT INTO runs (run_id, study, kind, label, seed, config_json, status, recipe_json, repeat, baseline_id) VALUES
+    ('b', 's', 'baseline', 'baseline seed=0', 0, '{}', 'finished', NULL, 0, NULL),
+    ('ref', 's', 'variant', 'baseline (fp32) | seed=0', 0, '{}', 'finished', '[]', 0, 'b'),
+    ('p', 's', 'variant', 'prune 50% + int8-weights | seed=0', 0, '{}', 'finished',
+     '[{"prune": {"sparsity": 0.5}}, {"quantize": {"mode": "int8-weights"}}]', 0, 'b');
+INSERT INTO metrics VALUES ('p', 'accuracy', 0.7), ('p', 'gap:gender', 0.1), ('p', 'zipped_bytes', 1000);
+INSERT INTO group_metrics VALUES ('p', 'gender', 'female', 10, 0.8);
+INSERT INTO class_metrics VALUES ('p', 'happy', 4, 0.5);
+"""
+
+
+def test_a_schema_1_store_is_migrated_in_place(tmp_path):
+    with sqlite3.connect(tmp_path / ResultStore.FILENAME) as c:
+        c.executescript(_V1)
+    store = ResultStore(tmp_path)
+    runs = store.runs().set_index("run_id")
+    assert runs.loc["p", "variant"] == "prune 50% + int8-weights" and runs.loc["p", "technique"] == "prune + quantize"
+    assert runs.loc["p", "level"] == 0.5 and runs.loc["ref", "is_reference"] == 1 and runs.loc["p", "is_reference"] == 0
+    assert runs.loc["ref", "variant"] == "baseline (fp32)" and runs.loc["ref", "recipe_key"] != runs.loc["p", "recipe_key"]
+    m = store.metrics().set_index(["metric", "attribute", "group"]).value
+    assert m[("gap", "gender", "")] == 0.1 and m[("accuracy", "", "")] == 0.7 and m[("zipped_bytes", "", "")] == 1000
+    assert m[("accuracy", "gender", "female")] == 0.8 and m[("count", "gender", "female")] == 10
+    assert m[("accuracy", "class", "happy")] == 0.5 and m[("count", "class", "happy")] == 4
+    store.close()
+    ResultStore(tmp_path).close()  # opens as schema 2 from now on
+    with sqlite3.connect(tmp_path / ResultStore.FILENAME) as c:
+        assert c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+        assert not c.execute("SELECT name FROM sqlite_master WHERE name IN ('group_metrics', 'class_metrics')").fetchall()
