@@ -105,3 +105,88 @@ def test_intensity_knob_makes_group_expressions_subtler():
 def test_bad_parameters_are_rejected(bad):
     with pytest.raises(ValidationError):
         SyntheticParams(**bad)
+
+
+# --- one test per facial feature: change one trait or cue, see its drawing change -----------------
+def _faces(**overrides):
+    """Two upright, centred faces at 64 px, identical except where ``overrides`` gives two values."""
+    from faircompress.data.synthetic import CUES
+    from faircompress.data.synthetic.render import place
+
+    p = SyntheticParams(image_size=64, nuisance={"rotation_deg": 0, "shift": 0, "scale": (1, 1)})
+    frame = {"label": np.zeros(2, int), "face_w": np.full(2, 0.55), "face_h": np.full(2, 0.75), "eye_dx": np.full(2, 0.23),
+             "eye_size": np.ones(2), "mouth_w": np.full(2, 0.2), "nose_len": np.ones(2), "hair_tone": np.full(2, 0.2),
+             "skin_jitter": np.zeros(2), "gender": np.zeros(2, int), "skin_tone": np.zeros(2, int), "age": np.full(2, 2),
+             "cues": np.zeros((2, len(CUES)))}
+    for key, pair in overrides.items():
+        if key in CUES:
+            frame["cues"][:, CUES.index(key)] = pair
+        else:
+            frame[key] = np.asarray(pair)
+    return place(p, frame, np.random.default_rng(0))[0]
+
+
+def test_eyes_open_with_the_eye_open_cue():
+    from faircompress.data.synthetic.render import draw_eyes
+
+    f = _faces(eye_open=[0.0, 1.0])
+    img = draw_eyes(f, np.zeros((2, 1, 64, 64)))
+    bright = (img[:, 0] > 0.5).sum((1, 2))
+    assert bright[1] > 1.5 * bright[0] > 0
+
+
+def test_brows_rise_with_brow_raise():
+    from faircompress.data.synthetic.render import brows
+
+    f = _faces(brow_raise=[0.0, 1.0])
+    mask = brows(f)
+    rows = np.arange(64)[None, :, None]
+    centre = (mask * rows).sum((1, 2)) / mask.sum((1, 2))
+    assert centre[1] < centre[0] - 2  # higher up the image by more than two pixels
+
+
+def test_mouth_corners_lift_with_a_smile():
+    from faircompress.data.synthetic.render import draw_mouth
+
+    f = _faces(mouth_curve=[-1.0, 1.0])
+    dark = draw_mouth(f, np.ones((2, 1, 64, 64)))[:, 0] < 0.6
+    def corner_minus_centre(d):  # row of the lip at the mouth's corners minus at its centre (+: corners lower)
+        rows = np.arange(64)[:, None]
+        mid, side = d[:, 30:34], d[:, 38:41]
+        return (rows * side).sum() / side.sum() - (rows * mid).sum() / mid.sum()
+    assert corner_minus_centre(dark[0]) > 0 > corner_minus_centre(dark[1])
+
+
+def test_nose_wrinkles_only_with_the_wrinkle_cue():
+    from faircompress.data.synthetic.render import nose
+
+    f = _faces(nose_wrinkle=[0.0, 1.0])
+    feat = nose(f, np.zeros((2, 64, 64)))
+    assert feat[1].sum() > feat[0].sum() + 5
+
+
+def test_age_lines_appear_from_middle_age():
+    from faircompress.data.synthetic.render import age_lines
+
+    young, old = age_lines(_faces(age=[1, 4]), np.zeros((2, 64, 64)))
+    assert young.sum() == 0 and old.sum() > 5
+
+
+def test_stubble_only_for_adult_male_presentation():
+    from faircompress.data.synthetic.render import head_distance, stubble
+
+    f = _faces(gender=[0, 1])
+    s = stubble(f, head_distance(f))
+    assert s[0].sum() == 0 and s[1].sum() > 1
+    baby = _faces(gender=[1, 1], age=[0, 2])
+    assert stubble(baby, head_distance(baby))[0].sum() == 0
+
+
+def test_long_hair_and_jaw_shape_follow_gender_presentation():
+    from faircompress.data.synthetic.render import hair_mask, head_distance
+
+    f = _faces(gender=[0, 1])
+    hair = hair_mask(f)
+    assert hair[0].sum() > hair[1].sum() + 20  # side strands
+    jaw = (head_distance(f) < 0)[:, 40:, :].sum((1, 2))  # the lower half of the head
+    assert jaw[1] > jaw[0]  # squarer

@@ -125,6 +125,34 @@ class FitResult:
 EpochCallback = Callable[[int, int, int], None]  # (epoch, batches done, batches total)
 
 
+@dataclass
+class Callbacks:
+    on_batch: EpochCallback | None = None                 # progress within an epoch
+    on_epoch: Callable[[EpochLog], None] | None = None    # after each epoch
+    after_step: Callable[[int], None] | None = None       # after each optimiser step (step counts from 1)
+
+
+@dataclass
+class Batches:
+    """The training and selection splits, resident on the training device as uint8."""
+
+    x_train: torch.Tensor  # (N, C, H, W) uint8
+    y_train: torch.Tensor
+    x_sel: torch.Tensor
+    y_sel: torch.Tensor
+
+    @classmethod
+    def on_device(cls, data: FaceDataset, selection: str, device: torch.device) -> "Batches":
+        train_splits, sel_split = (("train", "val"), "test") if selection == "test" else (("train",), "val")
+        tr, sel = data.indices(*train_splits), data.indices(sel_split)
+        if len(tr) < 2:
+            raise ValueError(f"{data.name}: the training split has {len(tr)} images")
+        if len(sel) == 0:
+            raise ValueError(f"{data.name}: selection on '{sel_split}' needs a non-empty {sel_split} split")
+        t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+        return cls(t(data.images[tr]), t(data.labels[tr]), t(data.images[sel]), t(data.labels[sel]))
+
+
 def fit(
     model: nn.Module,
     data: FaceDataset,
@@ -139,92 +167,79 @@ def fit(
     """Train ``model`` in place and leave it holding the best-selection-accuracy weights.
 
     ``after_step(step)`` runs after every optimiser step (step counts from 1 within this call);
-    compression steps use it, e.g. pruning re-applies its masks there.
+    compression steps use it, e.g. pruning re-applies its masks there. With ``state_path``, the
+    training state is written after every epoch and a run killed mid-way resumes from it.
     """
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    train_splits, sel_split = (("train", "val"), "test") if cfg.selection == "test" else (("train",), "val")
-    tr, sel = data.indices(*train_splits), data.indices(sel_split)
-    if len(tr) < 2:
-        raise ValueError(f"{data.name}: the training split has {len(tr)} images")
-    if len(sel) == 0:
-        raise ValueError(f"{data.name}: selection on '{sel_split}' needs a non-empty {sel_split} split")
-    x_tr = torch.from_numpy(data.images[tr]).to(device)  # uint8 (N, C, H, W), stays on device
-    y_tr = torch.from_numpy(data.labels[tr]).to(device)
-    x_sel = torch.from_numpy(data.images[sel]).to(device)
-    y_sel = torch.from_numpy(data.labels[sel]).to(device)
-
+    batches = Batches.on_device(data, cfg.selection, device)
     torch.manual_seed(seed)
-    model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr, threshold=1e-4, threshold_mode="abs"
-    )
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    res = FitResult(best_epoch=0, best_sel_acc=-1.0, device=str(device), precision=precision, selection=cfg.selection, train_images=len(tr))
-    best_state = copy.deepcopy(model.state_dict())
-    start_epoch = 1
+    state = TrainState.start(model, cfg, seed, device, precision, len(batches.x_train))
     if state_path is not None and Path(state_path).exists():
-        try:
-            start_epoch, best_state = _load_state(state_path, model, opt, sched, shuffle_gen, aug_gen, res)
-        except StaleState as e:  # checked before anything is applied: training simply starts afresh
-            warnings.warn(f"{state_path}: {e}; training from epoch 1", stacklevel=2)
-            Path(state_path).unlink(missing_ok=True)
-
-    n, bs = len(tr), cfg.batch_size
-    n_batches = math.ceil(n / bs)
-    step = 0
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for b in range(n_batches):
-            idx = perm[b * bs : (b + 1) * bs]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            xb = augment(x_tr[idx].float(), cfg.augment_flip, cfg.augment_rotation_deg, aug_gen)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y_tr[idx]
-            with autocast(device, precision):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if after_step:
-                after_step(step)
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(idx)
-            if on_batch:
-                on_batch(epoch, b + 1, n_batches)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t_train = time.perf_counter() - t0
-        sel_logits = predict_logits(model, x_sel, cfg.eval_batch_size, device, precision)
-        sel_loss = F.cross_entropy(sel_logits, y_sel).item()
-        sel_acc = (sel_logits.argmax(1) == y_sel).float().mean().item()
-        lr = opt.param_groups[0]["lr"]
-        sched.step(sel_loss)
-        log = EpochLog(epoch, (loss_sum / seen).item(), correct.item() / seen, sel_loss, sel_acc, lr, time.perf_counter() - t0, t_train)
-        res.history.append(log)
-        if sel_acc > res.best_sel_acc:  # Keras ModelCheckpoint(save_best_only, mode='max'): strictly better
-            res.best_sel_acc, res.best_epoch = sel_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+        state.resume_from(Path(state_path))
+    callbacks = Callbacks(on_batch, on_epoch, after_step)
+    t_start, step = time.perf_counter(), 0
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        step, log = _epoch(state, batches, cfg, epoch, step, callbacks)
+        state.record(log)
         if state_path is not None:
-            _save_state(state_path, epoch, model, opt, sched, shuffle_gen, aug_gen, res, best_state)
+            state.save(state_path)
         if on_epoch:
             on_epoch(log)
+    res = state.result
     res.seconds = sum(h.seconds for h in res.history) if res.history else time.perf_counter() - t_start
-    model.load_state_dict(best_state)
+    model.load_state_dict(state.best_weights)
     model.to(memory_format=torch.contiguous_format)
     return res
+
+
+def _epoch(state: "TrainState", batches: Batches, cfg: TrainConfig, epoch: int, step: int, cb: Callbacks) -> tuple[int, EpochLog]:
+    """One training pass and the selection evaluation; the scheduler steps on the selection loss."""
+    t0 = time.perf_counter()
+    step, train_loss, train_acc = _train_pass(state, batches, cfg, epoch, step, cb)
+    if state.device.type == "cuda":
+        torch.cuda.synchronize()
+    t_train = time.perf_counter() - t0
+    sel_logits = predict_logits(state.model, batches.x_sel, cfg.eval_batch_size, state.device, state.precision)
+    sel_loss = F.cross_entropy(sel_logits, batches.y_sel).item()
+    sel_acc = (sel_logits.argmax(1) == batches.y_sel).float().mean().item()
+    lr = state.opt.param_groups[0]["lr"]
+    state.sched.step(sel_loss)
+    return step, EpochLog(epoch, train_loss, train_acc, sel_loss, sel_acc, lr, time.perf_counter() - t0, t_train)
+
+
+def _train_pass(state: "TrainState", b: Batches, cfg: TrainConfig, epoch: int, step: int, cb: Callbacks) -> tuple[int, float, float]:
+    """Shuffled, augmented batches through the model; returns the step count, mean loss and accuracy."""
+    model, device = state.model, state.device
+    model.train()
+    n, bs = len(b.x_train), cfg.batch_size
+    n_batches = math.ceil(n / bs)
+    perm = torch.randperm(n, generator=state.shuffle_gen).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i in range(n_batches):
+        idx = perm[i * bs : (i + 1) * bs]
+        if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+            continue
+        xb = augment(b.x_train[idx].float(), cfg.augment_flip, cfg.augment_rotation_deg, state.aug_gen)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = b.y_train[idx]
+        with autocast(device, state.precision):
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt.step()
+        step += 1
+        if cb.after_step:
+            cb.after_step(step)
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(idx)
+        if cb.on_batch:
+            cb.on_batch(epoch, i + 1, n_batches)
+    return step, (loss_sum / seen).item(), correct.item() / seen
 
 
 # ----------------------------------------------------------------------------- resumable state
@@ -234,29 +249,87 @@ STATE_FORMAT = 2  # bump when the state file's layout changes
 class StaleState(Exception):
     """A training-state file that does not fit this model or this version."""
 
-def _save_state(path, epoch, model, opt, sched, shuffle_gen, aug_gen, res: FitResult, best_state) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
-    opt_sd = opt.state_dict()
-    for pid, st in opt_sd["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    tensors["rng.shuffle"] = shuffle_gen.get_state()
-    tensors["rng.aug"] = aug_gen.get_state().cpu()
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {
-        "format": STATE_FORMAT,
-        "epoch": epoch,
-        "param_groups": opt_sd["param_groups"],
-        "sched": {k: v for k, v in sched.state_dict().items() if k != "_last_lr"} | {"_last_lr": sched.get_last_lr()},
-        "best_epoch": res.best_epoch,
-        "best_sel_acc": res.best_sel_acc,
-        "history": [vars(h) for h in res.history],
-    }
-    save_atomic(tensors, path, {"state": json.dumps(meta)})
+
+@dataclass
+class TrainState:
+    """Everything a resumed `fit` needs, written after every epoch: the model, its best weights so
+    far, the optimiser, the scheduler, both random generators and the history."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.ReduceLROnPlateau
+    shuffle_gen: torch.Generator
+    aug_gen: torch.Generator
+    result: FitResult
+    best_weights: dict[str, torch.Tensor]
+    device: torch.device
+    precision: str
+    epoch: int = 0  # the last finished epoch
+
+    @classmethod
+    def start(cls, model: nn.Module, cfg: TrainConfig, seed: int, device: torch.device, precision: str, n_train: int) -> "TrainState":
+        model.to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr, threshold=1e-4,
+            threshold_mode="abs")
+        result = FitResult(best_epoch=0, best_sel_acc=-1.0, device=str(device), precision=precision, selection=cfg.selection,
+                           train_images=n_train)
+        return cls(model, opt, sched, torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1),
+                   result, copy.deepcopy(model.state_dict()), device, precision)
+
+    def record(self, log: EpochLog) -> None:
+        """Add an epoch to the history; keep its weights if its selection accuracy is the best yet."""
+        self.result.history.append(log)
+        self.epoch = log.epoch
+        if log.sel_acc > self.result.best_sel_acc:  # Keras ModelCheckpoint(save_best_only, mode='max'): strictly better
+            self.result.best_sel_acc, self.result.best_epoch = log.sel_acc, log.epoch
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in self.best_weights.items()})
+        opt_sd = self.opt.state_dict()
+        for pid, st in opt_sd["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+        tensors |= {"rng.shuffle": self.shuffle_gen.get_state(), "rng.aug": self.aug_gen.get_state().cpu(),
+                    "rng.torch": torch.get_rng_state()}
+        meta = {"format": STATE_FORMAT, "epoch": self.epoch, "param_groups": opt_sd["param_groups"],
+                "sched": {k: v for k, v in self.sched.state_dict().items() if k != "_last_lr"} | {"_last_lr": self.sched.get_last_lr()},
+                "best_epoch": self.result.best_epoch, "best_sel_acc": self.result.best_sel_acc,
+                "history": [vars(h) for h in self.result.history]}
+        save_atomic(tensors, path, {"state": json.dumps(meta)})
+
+    def resume_from(self, path: Path) -> None:
+        """Continue from a saved state; a stale or torn one is discarded with a warning (training starts afresh)."""
+        try:
+            meta, tensors = _read_state(path, set(self.model.state_dict()))
+        except StaleState as e:  # checked before anything is applied
+            warnings.warn(f"{path}: {e}; training from epoch 1", stacklevel=3)
+            path.unlink(missing_ok=True)
+            return
+        self.model.load_state_dict(_prefixed(tensors, "model."))
+        self.best_weights = {k: v.to(self.device) for k, v in _prefixed(tensors, "best.").items()}
+        opt_state: dict[int, dict] = {}
+        for k, v in _prefixed(tensors, "opt.").items():
+            pid, name = k.split(".", 1)
+            opt_state.setdefault(int(pid), {})[name] = v
+        self.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        self.sched.load_state_dict(meta["sched"])
+        self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        self.aug_gen.set_state(tensors["rng.aug"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.result.best_epoch, self.result.best_sel_acc = meta["best_epoch"], meta["best_sel_acc"]
+        self.result.history = [EpochLog(**h) for h in meta["history"]]
+        self.epoch = meta["epoch"]
 
 
-def _load_state(path, model, opt, sched, shuffle_gen, aug_gen, res: FitResult):
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _read_state(path: Path, model_keys: set[str]) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
     try:
@@ -267,23 +340,9 @@ def _load_state(path, model, opt, sched, shuffle_gen, aug_gen, res: FitResult):
         raise StaleState(f"unreadable training state ({type(e).__name__})") from None
     if meta.get("format") != STATE_FORMAT:
         raise StaleState(f"training state of format {meta.get('format')}, expected {STATE_FORMAT}")
-    if {k[6:] for k in tensors if k.startswith("model.")} != set(model.state_dict()):
+    if set(_prefixed(tensors, "model.")) != model_keys:
         raise StaleState("training state of a different model")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best_state = {k[5:]: v.to(next(model.parameters()).device) for k, v in tensors.items() if k.startswith("best.")}
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    sched.load_state_dict(meta["sched"])
-    shuffle_gen.set_state(tensors["rng.shuffle"])
-    aug_gen.set_state(tensors["rng.aug"])
-    torch.set_rng_state(tensors["rng.torch"])
-    res.best_epoch, res.best_sel_acc = meta["best_epoch"], meta["best_sel_acc"]
-    res.history = [EpochLog(**h) for h in meta["history"]]
-    return meta["epoch"] + 1, best_state
+    return meta, tensors
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
