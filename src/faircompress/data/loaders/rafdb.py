@@ -46,6 +46,20 @@ def load(p: RAFDBParams, report: LoadReport) -> FaceDataset:
         raise DatasetError(f"{label_file} is missing. Expected layout:\n{LAYOUT}")
     aligned = require_dir(p.root / "Image" / "aligned", LAYOUT)
     manual = require_dir(p.root / "Annotation" / "manual", LAYOUT)
+    names, labels, split = _read_label_list(label_file)
+    keep = _match_images(names, aligned, report)
+    names = [n for n, k in zip(names, keep) if k]
+    paths = [aligned / f"{stem}_aligned.jpg" for stem in names]
+    labels, split = np.array(labels)[keep], np.array(split, dtype=np.int8)[keep]
+    attrs = _read_all_attributes(names, manual, report)
+    images, ok = load_images(paths, Preprocess(p.image_size, p.channels), report)
+    subjects = np.array(names)  # no subject ids: each image is its own unit
+    split = carve_val(split, subjects, p.val_fraction, p.seed)
+    return assemble("rafdb", images, ok, labels, CLASSES, attrs, ATTRIBUTES, subjects, split, report, meta={"source": str(p.root)})
+
+
+def _read_label_list(label_file: Path) -> tuple[list[str], list[int], list[int]]:
+    """Image stems, 0-based labels and splits from list_patition_label.txt; bad lines name their line."""
     names, labels, split = [], [], []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -66,25 +80,27 @@ def load(p: RAFDBParams, report: LoadReport) -> FaceDataset:
         names.append(stem)
         labels.append(code - 1)
         split.append(TRAIN if stem.startswith("train_") else TEST)
+    return names, labels, split
 
+
+def _match_images(names: list[str], aligned: Path, report: LoadReport) -> np.ndarray:
+    """Which listed images exist; labels without images and images without labels are reported."""
     present = {f.name for f in aligned.iterdir()}
-    paths, keep = [], []
+    keep = []
     for stem in names:
         fname = f"{stem}_aligned.jpg"
+        keep.append(fname in present)
         if fname not in present:
             report.problem("label without image", aligned / fname, "listed in list_patition_label.txt but missing", stop_if_strict=False)
-            keep.append(False)
-            continue
-        paths.append(aligned / fname)
-        keep.append(True)
     listed = {f"{s}_aligned.jpg" for s in names}
     for extra in sorted(present - listed):
         if extra.endswith("_aligned.jpg"):
             report.problem("image without label", aligned / extra, "not in list_patition_label.txt: skipped", stop_if_strict=False)
-    keep = np.array(keep, dtype=bool)
-    names = [n for n, k in zip(names, keep) if k]
-    labels, split = np.array(labels)[keep], np.array(split, dtype=np.int8)[keep]
+    return np.array(keep, dtype=bool)
 
+
+def _read_all_attributes(names: list[str], manual: Path, report: LoadReport) -> dict[str, np.ndarray]:
+    """Gender, race and age codes of each image from its _manu_attri.txt (unknown where missing)."""
     attrs = {a: np.full(len(names), UNKNOWN, dtype=np.int64) for a in ATTRIBUTES}
     annotated = {f.name for f in manual.iterdir()}
     for i, stem in enumerate(names):
@@ -97,11 +113,7 @@ def load(p: RAFDBParams, report: LoadReport) -> FaceDataset:
     for extra in sorted(annotated - {f"{s}_manu_attri.txt" for s in names}):
         if extra.endswith("_manu_attri.txt"):
             report.problem("annotation without image", manual / extra, "no labelled image with this name", stop_if_strict=False)
-
-    images, ok = load_images(paths, Preprocess(p.image_size, p.channels), report)
-    subjects = np.array(names)  # no subject ids: each image is its own unit
-    split = carve_val(split, subjects, p.val_fraction, p.seed)
-    return assemble("rafdb", images, ok, labels, CLASSES, attrs, ATTRIBUTES, subjects, split, report, meta={"source": str(p.root)})
+    return attrs
 
 
 def _read_attributes(path: Path) -> dict[str, int]:
