@@ -17,13 +17,13 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 
 
 class PrintHooks:
-    def run_started(self, spec, i, n): print(f"  training {spec.label} ...", flush=True)
-    def run_skipped(self, spec): print(f"  {spec.label}: finished earlier, reused", flush=True)
-    def run_finished(self, spec, r):
+    def run_started(self, run, i, n): print(f"  training {run.label} ...", flush=True)
+    def run_skipped(self, run): print(f"  {run.label}: finished earlier, reused", flush=True)
+    def run_finished(self, run, r):
         secs = sum(v for k, v in r.timings.items())
-        print(f"  {spec.label}: test accuracy {r.metrics['accuracy']:.4f} ({r.precision}, {secs:.0f}s)", flush=True)
+        print(f"  {run.label}: test accuracy {r.scalar('accuracy'):.4f} ({r.precision}, {secs:.0f}s)", flush=True)
 
-    def run_failed(self, spec, e): print(f"  {spec.label}: FAILED {e}", flush=True)
+    def run_failed(self, run, e): print(f"  {run.label}: FAILED {e}", flush=True)
     def batch(self, *a): pass
     def epoch(self, log): pass
 

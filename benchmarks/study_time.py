@@ -51,10 +51,9 @@ for k, v in phase.items():
     print(f"  {k:<24} {v:7.1f} s  {v / wall:6.1%}")
 print(f"  {'other (data, store)':<24} {wall - sum(phase.values()):7.1f} s")
 
-m = store.metrics().pivot(index="run_id", columns="name", values="value")
+m = store.metrics().query("attribute == ''").pivot(index="run_id", columns="metric", values="value")
 v = runs[(runs.kind == "variant") & (runs.status == "finished")]
-label = v.label.str.split(" | ", regex=False).str[0]
-size = m.loc[v.run_id, "zipped_bytes"].groupby(label.values).mean()
+size = m.loc[v.run_id, "zipped_bytes"].groupby(v.variant.to_numpy()).mean()
 base = size["baseline (fp32)"]
 print(f"\nzipped size of the fp32 baseline: {base / 1e6:.2f} MB (paper, CK+: 16.51 MB)")
 print(f"{'variant':<28} {'ours':>7} {'paper':>7}")

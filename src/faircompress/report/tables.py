@@ -32,9 +32,9 @@ def per_run_measures(res: StudyResults, run_ids: list[str]) -> pd.DataFrame:
             if g in acc.columns:
                 cols[("accuracy", attr, g)] = acc[g].to_numpy()
     pop = np.stack([res.preds[r] for r in run_ids]) if run_ids else np.zeros((0, len(res.y_true)), int)
-    for attr, gg in gap_groups(res).items():
-        if attr in res.attributes:
-            cols[("gap", attr, "")] = model_gaps(res, pop, attr, gg)[0]
+    gaps = gap_groups(res)
+    for attr in sorted(a for a in gaps if a in res.attributes):  # by name, as the tables always listed them
+        cols[("gap", attr, "")] = model_gaps(res, pop, attr, gaps[attr])[0]
     frame = pd.DataFrame(cols, index=pd.Index(run_ids, name="run_id"))
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["measure", "attribute", "group"])
     return frame
