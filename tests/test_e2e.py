@@ -118,7 +118,10 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
 
     def count(status):
         with sqlite3.connect(db) as c:
-            return c.execute("SELECT COUNT(*) FROM runs WHERE status=? AND kind='baseline'", (status,)).fetchone()[0]
+            try:
+                return c.execute("SELECT COUNT(*) FROM runs WHERE status=? AND kind='baseline'", (status,)).fetchone()[0]
+            except sqlite3.OperationalError:  # the store file exists but its tables are still being created
+                return 0
 
     # kill once a run has finished and the next one is mid-training (its epoch state is on disk)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
