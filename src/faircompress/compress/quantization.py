@@ -22,9 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 from pydantic import Field
 
+from ..evaluate.size import KERNEL_MIN_ELEMENTS
 from .recipes import STEPS, ExportStep, StepParams
 
-MIN_ELEMENTS = 1024  # TFLite leaves smaller tensors in float
 
 
 @contextmanager
@@ -51,7 +51,7 @@ def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Non
         idx = WEIGHT_INPUT.get(node.op_type)
         name = node.input[idx] if idx is not None and len(node.input) > idx else None
         init = inits.get(name) if name else None
-        if init is None or np.prod(init.dims) < MIN_ELEMENTS or init.data_type != onnx.TensorProto.FLOAT:
+        if init is None or np.prod(init.dims) < KERNEL_MIN_ELEMENTS or init.data_type != onnx.TensorProto.FLOAT:
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(init)

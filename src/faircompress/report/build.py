@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..compress.recipes import REFERENCE_LABEL
 from ..evaluate import fairness as F
+from ..evaluate.size import is_kernel
 from ..store import ResultStore, StoreError
 from . import analysis as A
 from . import figures
@@ -158,7 +159,8 @@ def _initializers(study_dir: Path, artefact: str | None) -> dict[str, np.ndarray
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) > 1 and i.data_type == 1}
+    floats = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return {name: a for name, a in floats.items() if is_kernel(a)}
 
 
 # ----------------------------------------------------------------------------- files

@@ -14,9 +14,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from ..evaluate.size import MB
 from ..store import ResultStore
-
-MB = 1e6  # the paper's MB
 INTERSECTION = " × "  # joins two attributes' names (and their groups') into an intersection
 
 
