@@ -14,7 +14,7 @@ from faircompress.compress.quantization import quantize_dynamic_int8, quantize_s
 from faircompress.compress.recipes import STEPS, RecipeError, TuneContext, parse_recipe
 from faircompress.config import ConfigError, TrainConfig, load_config
 from faircompress.data.synthetic import SyntheticParams, generate
-from faircompress.evaluate.size import onnx_size_report, zipped_size
+from faircompress.evaluate.size import onnx_size_report
 from faircompress.models import build_model
 from faircompress.train import fit
 
