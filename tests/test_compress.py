@@ -206,3 +206,30 @@ def test_bad_recipes_are_rejected_before_anything_runs(recipe, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, {"recipes": [[{"prune": {"sparsity": 0.5}}], recipe]})
     assert "recipes" in str(e.value) and "recipe 2" in str(e.value)
+
+
+def test_masks_follow_the_weights_to_their_device():
+    model = _model()
+    pruner = MagnitudePruner(model, 0.5)  # masks built on the CPU
+    device = "cuda" if torch.cuda.is_available() else "meta"  # meta: a device without data, the CPU-only stand-in
+    model.to(device)
+    pruner.after_step(1)
+    assert {m.device.type for m in pruner.masks.values()} == {device}
+    pruner.after_step(pruner.frequency)
+    assert {m.device.type for m in pruner.masks.values()} == {device}
+
+
+def test_finalize_keeps_the_restored_checkpoint_and_its_exact_sparsity():
+    model = _model()
+    pruner = MagnitudePruner(model, 0.5, frequency=1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}  # the selected epoch, masked when saved
+    with torch.no_grad():
+        for w in pruner.weights.values():
+            w.add_(torch.randn_like(w))  # later epochs move the weights ...
+    pruner.after_step(1)  # ... and the masks with them
+    model.load_state_dict(best)  # fit restores the selected epoch
+    pruner.finalize()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k]), k  # nothing alive in the checkpoint is zeroed
+    for name, w in pruner.weights.items():
+        assert int((w == 0).sum()) == round(0.5 * w.numel()), name

@@ -51,20 +51,34 @@ class MagnitudePruner:
     """Holds the masks during fine-tuning; call ``after_step`` after every optimiser step."""
 
     def __init__(self, model: nn.Module, sparsity: float, frequency: int = 32, scope: str = "per_tensor") -> None:
-        self.weights = prunable(model)
+        self.model = model
         self.sparsity, self.frequency, self.scope = sparsity, frequency, scope
         self.masks = magnitude_masks(self.weights, sparsity, scope)
         self.apply()
 
+    @property
+    def weights(self) -> dict[str, nn.Parameter]:
+        return prunable(self.model)  # looked up each time: moving a model may replace its parameters
+
     @torch.no_grad()
     def apply(self) -> None:
         for k, w in self.weights.items():
+            if self.masks[k].device != w.device:  # built on the CPU; training may have moved the model since
+                self.masks[k] = self.masks[k].to(w.device)
             w.mul_(self.masks[k])
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         if step % self.frequency == 0:
             self.masks = magnitude_masks(self.weights, self.sparsity, self.scope)
+        self.apply()
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Make the masks permanent for the weights the model holds now. After fine-tuning these are
+        the selected epoch's, masked when they were saved; the masks may have changed since, so they
+        are taken from these weights (their zeros are exactly the pruned ones), not re-applied."""
+        self.masks = magnitude_masks(self.weights, self.sparsity, self.scope)
         self.apply()
 
     def sparsity_report(self) -> dict[str, float]:
@@ -93,4 +107,4 @@ class PruneStep(TrainStep):
         pruner = MagnitudePruner(model, p.sparsity, p.frequency, p.scope)
         if p.epochs:
             ctx.fine_tune(model, p.epochs, pruner.after_step)
-        pruner.apply()  # the kept checkpoint was masked when chosen; this makes sure of it
+        pruner.finalize()
