@@ -105,3 +105,21 @@ def test_stale_training_state_is_discarded_not_fatal(tiny, tmp_path):
     with pytest.warns(UserWarning, match="training from epoch 1"):
         res = fit(_model(tiny), tiny, cfg, seed=0, state_path=state)
     assert [h.epoch for h in res.history] == [1]
+
+
+def test_learning_rate_drops_when_keras_drops_it():
+    """Keras: an epoch that does not improve the monitored loss by 1e-4 adds one to `wait`; the rate
+    drops once `wait >= patience`. With patience 2 and a flat loss that is after epoch 3."""
+    import torch
+
+    from faircompress.train import plateau_scheduler
+
+    for patience, drops_after in [(2, 3), (1, 2), (0, 2), (3, 4)]:
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = plateau_scheduler(opt, TrainConfig(plateau_patience=patience, min_lr=0))
+        lrs = []
+        for loss in [1.0, 1.0, 1.0, 1.0, 1.0]:
+            sched.step(loss)
+            lrs.append(opt.param_groups[0]["lr"])
+        first_drop = next(i + 1 for i, lr in enumerate(lrs) if lr < 1e-3)
+        assert first_drop == drops_after, (patience, lrs)

@@ -242,6 +242,15 @@ def _train_pass(state: "TrainState", b: Batches, cfg: TrainConfig, epoch: int, s
     return step, (loss_sum / seen).item(), correct.item() / seen
 
 
+def plateau_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Keras's ReduceLROnPlateau on the selection loss (min_delta 1e-4, absolute). Keras reduces when
+    the epochs without improvement reach ``patience`` (``wait >= patience``), PyTorch only when they
+    exceed it, one epoch later; so PyTorch is given ``patience - 1`` (0 behaves the same in both)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=max(cfg.plateau_patience - 1, 0), min_lr=cfg.min_lr,
+        threshold=1e-4, threshold_mode="abs")
+
+
 # ----------------------------------------------------------------------------- resumable state
 STATE_FORMAT = 2  # bump when the state file's layout changes
 
@@ -270,9 +279,7 @@ class TrainState:
     def start(cls, model: nn.Module, cfg: TrainConfig, seed: int, device: torch.device, precision: str, n_train: int) -> "TrainState":
         model.to(device).to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr, threshold=1e-4,
-            threshold_mode="abs")
+        sched = plateau_scheduler(opt, cfg)
         result = FitResult(best_epoch=0, best_sel_acc=-1.0, device=str(device), precision=precision, selection=cfg.selection,
                            train_images=n_train)
         return cls(model, opt, sched, torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1),
