@@ -58,9 +58,24 @@ def test_class_rates():
 
 
 def test_compression_identified_exemplars_use_modal_predictions():
-    base = np.array([[0, 1, 2], [0, 1, 1]])  # modal: 0, 1, 1 (tie -> lower class)
+    base = np.array([[0, 1, 2], [0, 1, 1]])  # modal: 0, 1, no mode
     var = np.array([[0, 2, 2], [0, 2, 1], [0, 2, 2]])  # modal: 0, 2, 2
     assert F.compression_identified(base, var, 3).tolist() == [False, True, True]
+
+
+def test_a_tie_is_no_mode_not_the_lowest_class():
+    three = np.array([[3, 0, 1], [5, 0, 1], [7, 2, 1]])  # image 0: all disagree; image 1: 0 wins 2-1; image 2: unanimous
+    assert F.modal(three, 8).tolist() == [F.NO_MODE, 0, 1]
+    base = np.array([[0, 0, 1]])  # the baseline says neutral (0) on image 0
+    assert F.compression_identified(base, three, 8).tolist() == [True, False, False]  # the variant does not agree on it
+
+
+def test_overall_disparity_counts_a_class_no_group_recalls_as_zero():
+    # class 0: recalls 1.0 and 0.5 -> 0.5; class 1: nobody right -> 0 (the reference counts it)
+    y_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    y_pred = np.array([0, 0, 0, 1, 0, 0, 0, 0])
+    groups = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    assert F.overall_disparity(y_true, y_pred, groups, 2, 2) == pytest.approx(0.25)
 
 
 def test_paired_gap_bootstrap_reaches_roughly_its_nominal_coverage():

@@ -150,3 +150,18 @@ def _expected(col: str, row: dict, attr: str | None, variants, baselines):
     if col == "latency ms (b=1)":
         return [r["latency_ms_mean"]], 0.001
     return None
+
+
+def test_overall_disparity_leaves_out_groups_too_small_for_the_gap():
+    from faircompress.report.analysis import gap_table
+    from faircompress.report.results import StudyResults, Variant
+
+    # groups a and b (10 images each) recall everything; c (2 images, under the minimum) recalls nothing
+    codes = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    y = np.zeros(22, int)
+    pred = np.where(codes == 2, 1, 0)
+    res = StudyResults(class_names=["x", "y"], groups={"g": ["a", "b", "c"]}, codes={"g": codes}, subjects=np.arange(22).astype(str),
+                       y_true=y, runs=None, variants=[Variant("k0", "baseline (fp32)", "baseline", np.nan, True, ("r0",))],
+                       preds={"r0": pred})
+    row = gap_table(res, n_boot=100).iloc[0]
+    assert row.groups == 2 and row.gap == 0 and row.overall_disparity == 0

@@ -97,8 +97,10 @@ def paired_gap_bootstrap(base_correct: np.ndarray, var_correct: np.ndarray, grou
 
 
 def overall_disparity(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_groups: int, n_classes: int) -> float:
-    """Mean over classes of (1 / (|G| - 1)) * sum_g (1 - recall_{g,y} / max_g' recall_{g',y}), over the
-    groups that have images of the class; classes where no group has a correct prediction are skipped."""
+    """Mean over classes of (1 / (|G| - 1)) * sum_g (1 - recall_{g,y} / max_g' recall_{g',y})
+    (Dominguez-Catena et al. 2022), over the groups with codes >= 0 (give -1 to groups too small to
+    judge) that have images of the class. A class that no group recalls at all counts as 0, as in the
+    authors' code; a class with images from fewer than two groups is left out."""
     known = groups >= 0
     terms = []
     for y in range(n_classes):
@@ -109,9 +111,7 @@ def overall_disparity(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray
         if present.sum() < 2:
             continue
         recall = hit[present] / n[present]
-        if recall.max() == 0:
-            continue
-        terms.append(np.sum(1 - recall / recall.max()) / (present.sum() - 1))
+        terms.append(0.0 if recall.max() == 0 else np.sum(1 - recall / recall.max()) / (present.sum() - 1))
     return float(np.mean(terms)) if terms else float("nan")
 
 
@@ -142,16 +142,23 @@ def cev_sde(base: tuple[np.ndarray, np.ndarray], variant: tuple[np.ndarray, np.n
     return cev, sde
 
 
+NO_MODE = -1  # a tie for the most frequent prediction
+
+
 def modal(preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Most frequent prediction per image over a population (R, N); ties go to the lower class."""
+    """Most frequent prediction per image over a population (R, N); `NO_MODE` where two or more
+    classes tie (e.g. three repeats that all disagree), rather than an arbitrary winner: breaking
+    ties towards the lowest class would favour CK+'s 'neutral'."""
     preds = np.atleast_2d(preds)
     votes = np.zeros((n_classes, preds.shape[1]), dtype=np.int64)
     for row in preds:
         votes[row, np.arange(preds.shape[1])] += 1
-    return votes.argmax(0)
+    top = votes.max(0)
+    return np.where((votes == top).sum(0) > 1, NO_MODE, votes.argmax(0))
 
 
 def compression_identified(base_preds: np.ndarray, var_preds: np.ndarray, n_classes: int) -> np.ndarray:
     """Hooker et al.'s compression-identified exemplars: images whose modal prediction over the
-    variant's population differs from the modal prediction over the baseline population."""
+    variant's population differs from the modal prediction over the baseline population. A population
+    with no mode on an image (a tie) does not agree with the other's label, so the image counts."""
     return modal(var_preds, n_classes) != modal(base_preds, n_classes)

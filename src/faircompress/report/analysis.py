@@ -116,8 +116,8 @@ def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
                                               n_boot, seed)
                 delta = float(gap_v.mean() - gap_b)
                 lo, hi = (float(q) for q in np.nanquantile(boot, [0.025, 0.975]))
-            codes, k = res.codes[attr], len(res.groups[attr])
-            disparity = np.mean([F.overall_disparity(res.y_true, p, codes, k, len(res.class_names)) for p in pop])
+            k = int(gg.ok.sum())  # the groups the gap is over: too small ones are left out here too
+            disparity = np.mean([F.overall_disparity(res.y_true, p, gg.kept, k, len(res.class_names)) for p in pop])
             rows.append({"variant": variant.label, "attribute": attr, "groups": int(gg.ok.sum()), "gap": float(gap_v.mean()),
                          "gap_std": float(gap_v.std(ddof=1)) if len(pop) > 1 else 0.0,
                          "ratio": float(np.mean(acc_v.min(1) / np.maximum(acc_v.max(1), 1e-12))),
@@ -128,7 +128,8 @@ def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
 
 def mcnemar_table(res: StudyResults) -> pd.DataFrame:
     """Per variant, attribute and group: exact McNemar test of the baseline population's modal
-    prediction against the variant's, on the group's images; Holm-adjusted across the whole study."""
+    prediction against the variant's, on the group's images; Holm-adjusted across the whole study.
+    A population with no mode on an image (a tie) counts as wrong there."""
     k = len(res.class_names)
     base_ok = F.modal(res.population(reference(res)), k) == res.y_true
     rows = []

@@ -115,7 +115,7 @@ def weight_histograms(before: np.ndarray, after: np.ndarray, layer: str, variant
 
 def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) -> Path:
     """Row-normalised confusion matrices (modal prediction of each population) per group."""
-    from ..evaluate.fairness import modal
+    from ..evaluate.fairness import NO_MODE, modal
 
     plt = _plt()
     names = res.groups[attr]
@@ -124,7 +124,7 @@ def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) 
     for i, variant in enumerate(variants):
         pred = modal(res.population(variant), k)
         for j, name in enumerate(names):
-            m = res.codes[attr] == j
+            m = (res.codes[attr] == j) & (pred != NO_MODE)  # images the population has no mode on are left out
             cm = np.zeros((k, k))
             np.add.at(cm, (res.y_true[m], pred[m]), 1)
             cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
