@@ -228,6 +228,28 @@ def test_folder_csv_quirks_names_and_errors(tmp_path):
         load_dataset("folder", {"root": tmp_path, "classes": ["happy", "angry"]})
 
 
+def test_folder_paths_leading_outside_the_root_are_refused_and_listed(tmp_path):
+    import cv2
+
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    root.mkdir()
+    outside.mkdir()
+    cv2.imwrite(str(outside / "private.png"), np.full((30, 30), 200, np.uint8))
+    (root / "link.png").symlink_to(outside / "private.png")  # a symlink out
+    for i in range(6):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((30, 30), i * 40, np.uint8))
+    hostile = ["../secret/private.png", str(outside / "private.png"), "link.png"]  # '..', absolute, symlink
+    rows = [[f"{i}.png", i % 2, f"p{i}"] for i in range(6)] + [[h, 0, "px"] for h in hostile]
+    write_csv(root / "labels.csv", ["path", "label", "subject"], rows)
+    ds = load_dataset("folder", {"root": root, "test_fraction": 0.34, "val_fraction": 0.0})
+    assert len(ds) == 6  # only the images inside the root
+    refused = [(path, detail) for kind, path, detail in report_of(ds).problems if kind == "path outside the dataset root"]
+    assert [p for p, _ in refused] == hostile and all("not opened" in d for _, d in refused)
+    res = CliRunner().invoke(app, ["data", "check", "folder", str(root), "-p", "test_fraction=0.34", "-p", "val_fraction=0", "--no-cache"],
+                             terminal_width=200)
+    assert "path outside the dataset root: 3" in res.output and "../secret/private.png" in res.output
+
+
 # --- cache and `data check` ------------------------------------------------------------------------
 def test_cache_is_reused_and_keyed_by_the_file_list(tmp_path, monkeypatch):
     make_rafdb(tmp_path / "raf", train=6, test=2)

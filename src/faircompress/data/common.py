@@ -94,3 +94,17 @@ def require_dir(path: Path, layout: str) -> Path:
     if not path.is_dir():
         raise expected_layout_error(path, layout)
     return path
+
+
+def contained(root: Path, entry: str) -> Path | None:
+    """The path a dataset file names, relative to ``root``; None when it would lead outside the root
+    (an absolute path, '..', or a symlink out), so that it is refused and never opened."""
+    rel = Path(entry)
+    if rel.is_absolute():
+        return None
+    full = root / rel
+    try:
+        inside = full.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    return full if inside else None

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..common import assemble, encode_groups
+from ..common import assemble, contained, encode_groups
 from ..examples import make_folder
 from ..dataset import SPLITS, FaceDataset
 from ..images import Detector, Preprocess, is_image, load_images
@@ -27,7 +27,7 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 
 class FolderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    root: Path = Field(..., description="folder the CSV's paths are relative to")
+    root: Path = Field(..., description="folder the CSV's paths are relative to (paths leading outside it are refused)")
     csv: Path | None = Field(None, description="the label CSV; default <root>/labels.csv")
     classes: list[str] | None = Field(None, description="class names in code order; default: from label_name or sorted labels")
     attributes: list[str] | None = Field(None, description="attribute columns to use; default: every other column")
@@ -59,13 +59,15 @@ def load(p: FolderParams, report: LoadReport) -> FaceDataset:
 
     files, keep = [], []
     for row in rows:
-        f = Path(row.values["path"])
-        f = f if f.is_absolute() else p.root / f
-        keep.append(f.is_file())
-        if f.is_file():
-            files.append(f)
-        else:
+        f = contained(p.root, row.values["path"])
+        if f is None:
+            report.problem("path outside the dataset root", row.values["path"], f"{path} line {row.line}: refused, not opened",
+                           stop_if_strict=False)
+        elif not f.is_file():
             report.problem("label without image", f, f"{path} line {row.line}: file not found", stop_if_strict=False)
+        keep.append(f is not None and f.is_file())
+        if keep[-1]:
+            files.append(f)
     listed = {os.path.normpath(f) for f in files}
     for dirpath, _, names in os.walk(p.root):
         for name in sorted(names):
