@@ -154,12 +154,22 @@ def test_int8_weights_matches_the_tflite_dynamic_range_setting(tmp_path):
     int8 = {k for k, v in inits.items() if v.dtype == np.int8 and v.size >= 1024}
     assert {k.removesuffix("_int8") for k in int8} == {k for k, v in _initializers(src).items() if v.size >= 1024 and k.endswith("weight")}
     assert all(inits[k].min() >= -127 for k in int8)  # symmetric range
-    assert inits["features.5.weight_scale"].shape == (128,)  # per output channel
+    assert inits["features.5.weight_scale"].shape == (128,)  # conv: per output channel
+    assert inits["classifier.1.weight_scale"].shape == ()  # dense: per tensor, as TFLite's FULLY_CONNECTED
     assert inits["features.0.weight"].dtype == np.float32  # 576 elements: left float
     assert all(v.dtype == np.float32 for k, v in inits.items() if k.endswith(".bias"))
     assert not any(n.op_type in ("QuantizeLinear", "ConvInteger", "QLinearConv") for n in g.node)  # float activations
     ref, q = _run(src, 16), _run(tmp_path / "q.onnx", 16)
     assert np.abs(ref - q).max() < 0.05 * np.abs(ref).max()
+
+
+def test_int8_weights_can_quantise_dense_layers_per_channel(tmp_path):
+    src = export_onnx(_model(), tmp_path / "m.onnx", (1, SIZE, SIZE))
+    quantize_weights_int8(src, tmp_path / "q.onnx", per_channel_dense=True)
+    inits = _initializers(tmp_path / "q.onnx")
+    assert inits["classifier.1.weight_scale"].shape == (256,) and inits["features.5.weight_scale"].shape == (128,)
+    step = parse_recipe([{"quantize": {"per_channel_dense": True}}]).steps[0]
+    assert step.params.per_channel_dense and "per_channel_dense=True" in step.short()
 
 
 def test_static_and_dynamic_int8_produce_integer_graphs(tiny, tmp_path):

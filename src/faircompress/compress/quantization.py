@@ -1,10 +1,14 @@
 """Post-training quantisation of an exported ONNX file (ONNX Runtime's quantisation tools).
 
 Modes:
-  int8-weights  the paper's TFLite dynamic-range setting: int8 symmetric weights (per output
-                channel), float activations, tensors under 1,024 elements and biases left float;
-                computed in float through DequantizeLinear. ONNX Runtime ships no weight-only pass
-                for Conv, so this one is written here on top of its quantisation helpers.
+  int8-weights  the paper's TFLite dynamic-range setting: int8 symmetric weights (-127..127), per
+                output channel for convolutions and per tensor for dense layers (as TFLite's
+                FULLY_CONNECTED; `per_channel_dense` for per channel), tensors under 1,024 elements
+                and biases left float. The file holds each kernel as int8 plus its scale(s), feeding
+                a DequantizeLinear, so ONNX Runtime computes in float. TFLite's hybrid kernels differ
+                there: they also quantise the activations to int8 on the fly and multiply in
+                integers, so their outputs (not the stored weights) can differ slightly. ONNX Runtime
+                ships no weight-only pass for Conv, so this one is written here.
   int8-static   full-integer QDQ, per-channel weights, activation ranges calibrated on training images.
   int8-dynamic  onnxruntime.quantization.quantize_dynamic, for comparison.
 (fp16 is produced at export time: see export.py.)
@@ -41,8 +45,9 @@ def _quiet_ort():
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
-def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """int8 symmetric (-127..127) per-output-channel weights feeding DequantizeLinear."""
+def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel_dense: bool = False) -> None:
+    """int8 symmetric (-127..127) weights feeding DequantizeLinear: per output channel for Conv,
+    per tensor for Gemm/MatMul unless ``per_channel_dense``."""
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -55,26 +60,31 @@ def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Non
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(init)
-        axis = _output_axis(node, w)
-        reduce = tuple(a for a in range(w.ndim) if a != axis)
-        scale = np.abs(w).max(axis=reduce) / 127.0
-        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        axis = _output_axis(node, w) if node.op_type == "Conv" or per_channel_dense else None
+        q, scale = _symmetric_int8(w, axis)
         g.initializer.remove(init)
         g.initializer.extend([
             numpy_helper.from_array(q, name + "_int8"),
             numpy_helper.from_array(scale, name + "_scale"),
             numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_zero"),
         ])
-        new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero"], [name], axis=axis,
-                                          name=name + "_dequantize"))
+        extra = {} if axis is None else {"axis": axis}
+        new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero"], [name],
+                                          name=name + "_dequantize", **extra))
         new_nodes.append(node)
     del g.node[:]
     g.node.extend(new_nodes)
     onnx.checker.check_model(model)
     _save(model, dst)
+
+
+def _symmetric_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and float32 scales: one per index of ``axis``, or a scalar when ``axis`` is None."""
+    reduce = tuple(a for a in range(w.ndim) if a != axis)
+    scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, scale.reshape(()) if axis is None else scale.reshape(-1)
 
 
 def _output_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
@@ -134,6 +144,7 @@ def _save(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
 
 class QuantizeParams(StepParams):
     mode: Literal["int8-weights", "int8-static", "int8-dynamic", "fp16"] = "int8-weights"
+    per_channel_dense: bool = Field(False, description="int8-weights: dense layers per output channel (TFLite: per tensor)")
     calibration_images: int = Field(256, ge=1, description="training images for int8-static ranges")
 
 
@@ -153,7 +164,7 @@ class QuantizeStep(ExportStep):
         """src: the exported file; dst: the quantised file (fp16 is done at export: a copy)."""
         mode = self.params.mode
         if mode == "int8-weights":
-            quantize_weights_int8(src, dst)
+            quantize_weights_int8(src, dst, self.params.per_channel_dense)
         elif mode == "int8-static":
             quantize_static_int8(src, dst, calibration[: self.params.calibration_images])
         elif mode == "int8-dynamic":
