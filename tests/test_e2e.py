@@ -203,3 +203,16 @@ def test_a_progress_hook_error_does_not_mark_a_stored_run_failed(tiny_overrides)
     store = ResultStore.open_existing(cfg.output_dir)
     assert list(store.runs().status) == ["finished"]  # committed before the hook ran, and left so
     store.close()
+
+
+def test_a_study_made_under_an_older_protocol_is_refused_with_the_reason(tiny_overrides, tmp_path):
+    from faircompress.plan import PROTOCOL_VERSION
+
+    study = Path(tiny_overrides["output_dir"])
+    store = ResultStore(study)
+    store.set_protocol(PROTOCOL_VERSION - 1)
+    store.close()
+    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    res = runner.invoke(app, ["run", str(cfg)], terminal_width=300)
+    assert res.exit_code == 2 and f"protocol {PROTOCOL_VERSION - 1}" in res.output and "BatchNorm follows Keras" in res.output
+    assert "new directory" in res.output

@@ -60,3 +60,19 @@ def test_fast_dropout_matches_dropout_statistics(p):
     for lane in range(4):
         assert abs((flat.reshape(-1, 4)[:, lane] == 0).float().mean().item() - p) < 0.02
     assert drop.eval()(x) is x
+
+
+def test_paper_cnn_batchnorm_follows_keras_by_default():
+    """Keras: moving = 0.99 * moving + 0.01 * batch, eps 1e-3 (PyTorch's defaults: 0.1 and 1e-5)."""
+    m = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=16)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == 6 and all(b.momentum == 0.01 and b.eps == 1e-3 for b in bns)
+    x = torch.full((4, 1, 16, 16), 255.0)
+    m.train()
+    m(x)
+    first = m.features[1]  # after the first conv: the batch mean moved the running mean 1 % of the way
+    with torch.no_grad():
+        batch_mean = m.features[0](m.rescale(x)).mean((0, 2, 3))
+    assert torch.allclose(first.running_mean, 0.01 * batch_mean, atol=1e-6)
+    torch_bn = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=16, batchnorm="pytorch")
+    assert all(b.momentum == 0.1 and b.eps == 1e-5 for b in torch_bn.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm))

@@ -129,6 +129,7 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path):
     assert m[("gap", "gender", "")] == 0.1 and m[("accuracy", "", "")] == 0.7 and m[("zipped_bytes", "", "")] == 1000
     assert m[("accuracy", "gender", "female")] == 0.8 and m[("count", "gender", "female")] == 10
     assert m[("accuracy", "class", "happy")] == 0.5 and m[("count", "class", "happy")] == 4
+    assert store.protocol() == 1  # what every schema 1 store ran
     store.close()
     ResultStore(tmp_path).close()  # opens as schema 2 from now on
     with sqlite3.connect(tmp_path / ResultStore.FILENAME) as c:

@@ -99,17 +99,21 @@ def _pct(x: object) -> str:
 
 
 def _show(study_dir: Path) -> None:
+    from .plan import stale_protocol
     from .report.results import NothingToAnalyse, load_results
     from .report.tables import LEAK_NOTE, baseline_table, deployment_table, failed_runs, paper_table, variant_stats, write_tables
 
     store = ResultStore.open_existing(study_dir)
     try:
+        stale = stale_protocol(store.protocol())
         res = load_results(store, intersections=False)
     except NothingToAnalyse:
         console.print(f"{study_dir}: no runs yet")
         return
     finally:
         store.close()
+    if stale:
+        console.print(f"[yellow]warning: these runs were {stale}.[/]", soft_wrap=True)
     stats = variant_stats(res)
     baselines = baseline_table(res)
     _print_baselines(study_dir, baselines, res.attributes)

@@ -14,7 +14,21 @@ if TYPE_CHECKING:
     from .config import StudyConfig
     from .store import RunResult
 
-PROTOCOL_VERSION = 1  # bump when a change makes old results incomparable
+PROTOCOL_VERSION = 2  # bump when a change makes old results incomparable, and say why below
+PROTOCOL_CHANGES = {
+    2: "the paper CNN's BatchNorm follows Keras (momentum 0.99, eps 1e-3), the learning rate drops when Keras drops it "
+       "(one epoch earlier), int8-weights quantises dense layers per tensor as TFLite does, and pruning keeps the "
+       "selected checkpoint's own mask",
+}
+
+
+def stale_protocol(found: int | None) -> str | None:
+    """Why results made under protocol ``found`` are not comparable with this version's; None if they are."""
+    if found is None or found == PROTOCOL_VERSION:
+        return None
+    changes = "; ".join(f"protocol {v}: {PROTOCOL_CHANGES.get(v, 'see the changelog')}" for v in range(found + 1, PROTOCOL_VERSION + 1))
+    return (f"made under protocol {found}, but this version runs protocol {PROTOCOL_VERSION} ({changes}): "
+            "their numbers are not comparable with new runs")
 
 
 def identity_hash(obj: Any, n: int = 20) -> str:

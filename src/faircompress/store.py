@@ -134,6 +134,8 @@ class ResultStore:
             for table in ("metrics_v1", "group_metrics", "class_metrics"):
                 c.execute(f"DROP TABLE {table}")
             c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            if c.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', '1')")  # every schema 1 store was protocol 1
 
     @classmethod
     def open_existing(cls, study_dir: str | Path) -> "ResultStore":
@@ -198,6 +200,16 @@ class ResultStore:
     def fail_run(self, run_id: str, error: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?", (time.time(), error, run_id))
+
+    # --- the protocol the runs were made under ----------------------------------
+    def protocol(self) -> int | None:
+        """The protocol version of the study's runs (None before the first run)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='protocol'").fetchone()
+        return int(row[0]) if row else None
+
+    def set_protocol(self, version: int) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', ?)", (str(version),))
 
     # --- datasets (so analysis needs no reload of the images) -------------
     def record_samples(self, dataset_key: str, name: str, class_names: list[str], attribute_groups: dict[str, list[str]],

@@ -13,7 +13,7 @@ from typing import Iterator
 from .config import StudyConfig, dump_config
 from .data.dataset import FaceDataset
 from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
-from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan
+from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan, stale_protocol
 from .store import ResultStore, RunResult, StoreError
 
 __all__ = ["PROTOCOL_VERSION", "Hooks", "PlannedRun", "StudyReport", "plan", "run_study", "study_lock"]
@@ -80,6 +80,11 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
     tmp = out / "config.yaml.tmp"
     tmp.write_text(dump_config(cfg))
     tmp.replace(out / "config.yaml")
+    stale = stale_protocol(store.protocol())
+    if stale:
+        raise StoreError(f"{out}: the runs in this study were {stale}. Run into a new directory (--out), or move "
+                         f"{store.path.name} aside to start this one afresh")
+    store.set_protocol(PROTOCOL_VERSION)
     runs = plan(cfg)
     todo = [r for r in runs if store.status(r.run_id) != "finished"]
     pending = {r.run_id for r in todo}

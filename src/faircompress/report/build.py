@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..compress.recipes import REFERENCE_LABEL
+from ..plan import stale_protocol
 from ..evaluate import fairness as F
 from ..evaluate.size import is_kernel
 from ..store import ResultStore, StoreError
@@ -51,6 +52,9 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     report = Report(html=study_dir / "report.html")
     runs = store.runs()
     report.missing += [f"failed: {r.label}: {str(r.error).splitlines()[-1] if r.error else '?'}" for r in runs[runs.status == "failed"].itertuples()]
+    stale = stale_protocol(store.protocol())
+    if stale:
+        report.missing.append(f"stale results: these runs were {stale}")
     res = _loaded(store, report.missing)
     sections: list[str] = []
     if res is not None:
