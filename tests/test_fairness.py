@@ -114,3 +114,53 @@ def test_paired_gap_bootstrap_is_zero_for_identical_models():
     subjects, groups = np.repeat(np.arange(20), 3), np.repeat(np.arange(20) % 2, 3)
     correct = rng.random((1, 60)) < 0.7
     assert np.allclose(F.paired_gap_bootstrap(correct, correct, groups, 2, subjects, n_boot=200), 0)
+
+
+# --- subject-clustered statistics ------------------------------------------------------------------
+def test_cluster_permutation_test_is_mcnemar_for_single_images_and_wider_for_subjects():
+    rng = np.random.default_rng(4)
+    base, var = rng.random(60) < 0.8, rng.random(60) < 0.6
+    singletons = np.arange(60).astype(str)
+    assert F.cluster_permutation_test(base, var, singletons) == pytest.approx(F.mcnemar_exact(base, var))
+    # three subjects, ten images each, every image lost: 30 discordant images, but only 3 independent units
+    base, var, subjects = np.ones(30, bool), np.zeros(30, bool), np.repeat(["a", "b", "c"], 10)
+    assert F.mcnemar_exact(base, var) < 1e-8
+    assert F.cluster_permutation_test(base, var, subjects) == pytest.approx(2 / 8)
+    many = np.repeat(np.arange(40), 2)  # 40 subjects: Monte Carlo, close to the exact binomial
+    assert F.cluster_permutation_test(np.ones(80, bool), np.arange(80) % 4 != 0, many, n_perm=20000) < 1e-4
+
+
+def test_cluster_bootstrap_covers_where_wilson_does_not():
+    # 30 subjects x 8 images with a strong subject effect: images of a subject are alike
+    rng = np.random.default_rng(5)
+    subjects = np.repeat(np.arange(30), 8)
+    groups = np.zeros(len(subjects), int)
+    p_true = 0.75
+    cover_cluster = cover_wilson = 0
+    sims = 120
+    for s in range(sims):
+        ability = np.clip(p_true + rng.normal(0, 0.2, 30), 0, 1)[subjects]
+        correct = (rng.random(len(subjects)) < ability)[None]
+        truth = p_true + 0  # the population mean ability (clipping is symmetric enough at 0.75 +- 0.2)
+        lo, hi = F.cluster_accuracy_interval(correct, groups, 1, subjects, n_boot=400, seed=s)
+        cover_cluster += lo[0] <= truth <= hi[0]
+        wl, wh = F.wilson_interval(correct.sum(), correct.size)
+        cover_wilson += wl <= truth <= wh
+    assert 0.86 <= cover_cluster / sims <= 0.99
+    assert cover_wilson / sims < cover_cluster / sims - 0.1  # images treated as independent: too narrow
+
+
+def test_gap_change_interval_is_about_the_population_mean():
+    # 3 variant models: two change nothing, one widens the gap by 0.3 -> the mean change is 0.1
+    subjects = np.repeat(np.arange(400), 5)
+    groups = (subjects >= 200).astype(int)
+    base = np.ones((1, 2000), bool)
+    hurt = np.ones(2000, bool)
+    hurt[(groups == 1) & (np.arange(2000) % 10 < 3)] = False
+    var = np.stack([np.ones(2000, bool), np.ones(2000, bool), hurt])
+    boot = F.paired_gap_bootstrap(base, var, groups, 2, subjects, n_boot=2000)
+    assert np.median(boot) == pytest.approx(0.1, abs=0.02)  # one model per draw would put the median at 0
+    # with one repeat of three showing it, the mean change is uncertain, and the p-value says so
+    assert F.bootstrap_p(0.1, boot) > 0.05
+    steady = F.paired_gap_bootstrap(base, np.stack([hurt] * 3), groups, 2, subjects, n_boot=500)
+    assert F.bootstrap_p(0.3, steady) < 1e-6 and F.bootstrap_p(0.0, np.zeros(10)) == 1.0

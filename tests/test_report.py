@@ -13,7 +13,7 @@ from faircompress.store import ResultStore
 
 from conftest import REPORT_GRID
 
-SECTIONS = ["Accuracy per group", "Gaps and their change", "McNemar tests", "Compression-identified exemplars", "CEV and SDE"]
+SECTIONS = ["Accuracy per group", "Gaps and their change", "Paired tests per group", "Compression-identified exemplars", "CEV and SDE"]
 
 
 def test_run_ends_with_a_self_contained_report(study):
@@ -39,8 +39,12 @@ def test_report_tables_in_three_formats(study):
     gaps = rep.tables["gaps"]
     assert "gender" in set(gaps.attribute) and any(" × " in a for a in gaps.attribute)  # intersections too
     v = gaps[gaps.variant != "baseline (fp32)"]
-    assert ((v.ci_low <= v.gap_change + 1e-12) & (v.gap_change <= v.ci_high + 1e-12)).all()
-    assert v.significant.dtype == bool
+    assert v.significant.dtype == bool and v.p.notna().all()
+    assert (v.p_holm >= v.p - 1e-12).all() and (v.significant == (v.p_holm < 0.05)).all()  # corrected across the study
+    assert set(gaps.resampled) == {"subjects and models"}  # the synthetic set has several images per subject
+    assert set(rep.tables["groups"].interval) == {"subject bootstrap"} and set(rep.tables["mcnemar"].test) == {"subject sign-flip permutation"}
+    html = rep.html.read_text()
+    assert "subject bootstrap" in html and "subject sign-flip permutation" in html and "Holm-adjusted across every gap change" in html
     mcn = rep.tables["mcnemar"]
     assert (mcn.p_holm.dropna() >= mcn.p.dropna()).all()
     cie = rep.tables["exemplars"]

@@ -3,10 +3,20 @@
 Sources: Wilson (1927) score interval; McNemar's exact (binomial) test; Holm (1979) step-down
 correction; Blakeney et al. (2021) CEV and SDE; Dominguez-Catena et al. Overall Disparity;
 Hooker et al. (2020) compression-identified exemplars.
+
+Images of one subject are not independent (CK+ gives a neutral and three near-identical peak frames
+per sequence), so where a dataset has subject ids every interval and test resamples or permutes
+subjects, not images: the cluster bootstrap (Davison & Hinkley 1997, §3.8; Field & Welsh 2007) for
+accuracies and gap changes, and a subject-level sign-flip permutation test of paired correctness (a
+cluster version of McNemar's test; with one image per subject it is exactly McNemar's). Only where
+every subject has a single image (no subject ids) do the image-level Wilson and McNemar apply.
+A model population (fine-tuning repeats, baseline seeds) is resampled too, so an interval is for the
+population-mean quantity the point estimate shows.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,36 +74,113 @@ def gap(acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.nanmax(acc, axis=-1) - np.nanmin(acc, axis=-1)
 
 
+def has_clusters(units: np.ndarray) -> bool:
+    """Whether some unit (subject) holds more than one image: then images are not independent."""
+    return len(np.unique(units)) < len(units)
+
+
+@dataclass(frozen=True)
+class ClusterResample:
+    """Bootstrap weights of units (subjects) and of each population's models, shared by every
+    quantity computed from one resample (so a paired comparison sees the same draw)."""
+
+    cell: np.ndarray     # (N_known,) (unit, group) cell of each image with a known group
+    known: np.ndarray    # (N,) bool
+    counts: np.ndarray   # (U, G) images per cell
+    weights: np.ndarray  # (B, U) how often each unit is drawn
+    rng: np.random.Generator
+
+    @classmethod
+    def draw(cls, groups: np.ndarray, n_groups: int, units: np.ndarray, n_boot: int, seed: int) -> "ClusterResample":
+        rng = np.random.default_rng(seed)
+        known = groups >= 0
+        _, unit = np.unique(units[known], return_inverse=True)
+        n_units = int(unit.max()) + 1 if len(unit) else 0
+        cell = unit * n_groups + groups[known]
+        counts = np.bincount(cell, minlength=n_units * n_groups).reshape(n_units, n_groups).astype(float)
+        weights = rng.multinomial(n_units, np.full(n_units, 1 / max(n_units, 1)), size=n_boot).astype(float)
+        return cls(cell, known, counts, weights, rng)
+
+    def group_accuracy(self, correct: np.ndarray) -> np.ndarray:
+        """(B, R, G) accuracy of each model on each group in each resample."""
+        correct = np.atleast_2d(correct)[:, self.known].astype(float)
+        U, G = self.counts.shape
+        hits = np.stack([np.bincount(self.cell, weights=c, minlength=U * G).reshape(U, G) for c in correct])  # (R, U, G)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.einsum("bu,rug->brg", self.weights, hits) / (self.weights @ self.counts)[:, None, :]
+
+    def model_weights(self, n_models: int) -> np.ndarray:
+        """(B, R) resampled share of each model: the population mean is taken with these."""
+        return self.rng.multinomial(n_models, np.full(n_models, 1 / n_models), size=len(self.weights)) / n_models
+
+    def denominators(self) -> np.ndarray:
+        return self.weights @ self.counts  # (B, G)
+
+
+def cluster_accuracy_interval(correct: np.ndarray, groups: np.ndarray, n_groups: int, units: np.ndarray,
+                              n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile 95 % interval of each group's population-mean accuracy, resampling units and models.
+    correct (R, N): correctness of each model of the population."""
+    rs = ClusterResample.draw(groups, n_groups, units, n_boot, seed)
+    acc = rs.group_accuracy(correct)  # (B, R, G)
+    mean = np.einsum("br,brg->bg", rs.model_weights(acc.shape[1]), np.nan_to_num(acc))
+    mean[np.isnan(acc).any(1)] = np.nan  # a resample without the group's subjects says nothing about it
+    lo, hi = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+    seen = np.isfinite(mean).any(0)
+    if seen.any():
+        lo[seen], hi[seen] = np.nanquantile(mean[:, seen], [0.025, 0.975], axis=0)
+    return lo, hi
+
+
 def paired_gap_bootstrap(base_correct: np.ndarray, var_correct: np.ndarray, groups: np.ndarray, n_groups: int,
                          units: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """Bootstrap distribution of gap(variant) - gap(baseline) on the same test images.
+    """Bootstrap distribution of the change of the population-mean gap, mean over variant models of
+    gap(variant) minus mean over baseline models of gap(baseline), on the same test images.
 
     base_correct (Rb, N), var_correct (Rv, N): correctness of each model of each population.
-    units (N,): what is resampled (subject ids, or image ids where a dataset has none); both models
-    see the same resample (paired). Each replicate also draws one model from each population, so
-    the spread holds both the test-sampling and the fine-tuning (or seed) variation."""
-    rng = np.random.default_rng(seed)
-    known = groups >= 0
-    _, unit = np.unique(units[known], return_inverse=True)
-    g = groups[known]
-    n_units = unit.max() + 1 if len(unit) else 0
-    cell = unit * n_groups + g  # (unit, group) cell of each image
-    counts = np.bincount(cell, minlength=n_units * n_groups).reshape(n_units, n_groups)
-    weights = rng.multinomial(n_units, np.full(n_units, 1 / n_units), size=n_boot).astype(float)  # (B, U)
-    denom = weights @ counts  # (B, G)
+    units (N,): what is resampled (subject ids, or image ids where a dataset has none); both
+    populations see the same resample (paired). Each population's models are resampled too, so the
+    spread holds both the test-sampling and the fine-tuning (or seed) variation of the mean."""
+    rs = ClusterResample.draw(groups, n_groups, units, n_boot, seed)
+    denom = rs.denominators()
 
-    def gaps(correct: np.ndarray) -> np.ndarray:
-        correct = np.atleast_2d(correct)[:, known].astype(float)
-        pick = rng.integers(0, len(correct), n_boot)
-        acc = np.empty((n_boot, n_groups))
-        for r in range(len(correct)):
-            hits = np.bincount(cell, weights=correct[r], minlength=n_units * n_groups).reshape(n_units, n_groups)
-            sel = pick == r
-            with np.errstate(invalid="ignore", divide="ignore"):
-                acc[sel] = (weights[sel] @ hits) / denom[sel]
-        return gap(acc, denom)
+    def mean_gap(correct: np.ndarray) -> np.ndarray:
+        acc = rs.group_accuracy(correct)  # (B, R, G)
+        gaps = gap(acc, denom[:, None, :])  # (B, R)
+        return np.einsum("br,br->b", rs.model_weights(gaps.shape[1]), gaps)
 
-    return gaps(var_correct) - gaps(base_correct)
+    return mean_gap(var_correct) - mean_gap(base_correct)
+
+
+def bootstrap_p(estimate: float, boot: np.ndarray) -> float:
+    """Two-sided p-value of 'no change' from a bootstrap distribution, by the normal approximation
+    with the bootstrap standard error (percentile p-values cannot go below 1 / B, too coarse for a
+    study-wide Holm correction)."""
+    se = float(np.nanstd(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else float("nan")
+    if not se > 0:
+        return 1.0 if estimate == 0 else float("nan")
+    return float(math.erfc(abs(estimate) / se / math.sqrt(2)))
+
+
+def cluster_permutation_test(base_correct: np.ndarray, var_correct: np.ndarray, units: np.ndarray,
+                             n_perm: int = 20000, seed: int = 0, exact_up_to: int = 14) -> float:
+    """Two-sided p-value that baseline and variant are equally often right, swapping the two models'
+    answers subject by subject (sign flips of each subject's net change). Exact over all flips when
+    at most ``exact_up_to`` subjects change, else Monte Carlo with ``n_perm`` flips."""
+    _, unit = np.unique(units, return_inverse=True)
+    d = np.bincount(unit, weights=var_correct.astype(float) - base_correct.astype(float))
+    d = d[d != 0]
+    if len(d) == 0:
+        return 1.0
+    observed = abs(d.sum())
+    if np.all(np.abs(d) == abs(d[0])):  # every changed subject changed by the same amount: the flips are binomial
+        return mcnemar_exact(np.repeat([True, False], [int((d < 0).sum()), int((d > 0).sum())]),
+                             np.repeat([False, True], [int((d < 0).sum()), int((d > 0).sum())]))
+    if len(d) <= exact_up_to:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)  # every sign pattern
+        return float(np.mean(np.abs(signs @ d) >= observed - 1e-9))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
+    return float((1 + np.sum(np.abs(signs @ d) >= observed - 1e-9)) / (1 + n_perm))
 
 
 def overall_disparity(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_groups: int, n_classes: int) -> float:

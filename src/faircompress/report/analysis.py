@@ -1,5 +1,6 @@
-"""From a study's stored predictions to evidence: group accuracies with Wilson intervals, gap changes
-with paired bootstrap intervals, McNemar tests (Holm-corrected across the study), CEV/SDE, Overall
+"""From a study's stored predictions to evidence: group accuracies with intervals, gap changes with
+paired bootstrap intervals and Holm-corrected p-values, paired tests per group (Holm-corrected across
+the study), all subject-clustered where subjects have several images; CEV/SDE, Overall
 Disparity and compression-identified exemplars. Reads only the results store (no torch, no images).
 
 The baseline population is the fp32 export of every baseline seed (the reference variant); a
@@ -19,9 +20,9 @@ from .results import StudyResults, Variant, load_results
 
 __all__ = ["StudyResults", "Variant", "load_results"]  # re-exported: the tables below read these
 
-GROUP_COLUMNS = ["variant", "attribute", "group", "n", "models", "accuracy", "std", "ci_low", "ci_high", "too_few"]
+GROUP_COLUMNS = ["variant", "attribute", "group", "n", "models", "accuracy", "std", "ci_low", "ci_high", "too_few", "interval"]
 GAP_COLUMNS = ["variant", "attribute", "groups", "gap", "gap_std", "ratio", "overall_disparity", "gap_change", "ci_low", "ci_high",
-               "significant"]
+               "p", "p_holm", "significant", "resampled"]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -32,27 +33,63 @@ def reference(res: StudyResults) -> Variant:
     return ref
 
 
-def group_table(res: StudyResults) -> pd.DataFrame:
-    """Per variant, attribute and group: test images, accuracy mean and std over the population,
-    and a Wilson 95 % interval (None where the group has fewer than MIN_GROUP images)."""
+WILSON, CLUSTER_BOOTSTRAP = "Wilson (images independent)", "subject bootstrap"
+MCNEMAR, CLUSTER_PERMUTATION = "exact McNemar (images independent)", "subject sign-flip permutation"
+
+
+def interval_method(res: StudyResults) -> str:
+    """Subject-clustered where a subject has several images, else image-level (see evaluate/fairness.py)."""
+    return CLUSTER_BOOTSTRAP if F.has_clusters(res.subjects) else WILSON
+
+
+def group_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per variant, attribute and group: test images, accuracy mean and std over the population, and
+    a 95 % interval of the population mean: a subject bootstrap (subjects and models resampled) where
+    subjects have several images, else Wilson's; none where the group has fewer than MIN_GROUP images."""
     run_ids = [r for v in res.variants for r in v.run_ids]
     key_of = {r: v.key for v in res.variants for r in v.run_ids}
+    method = interval_method(res)
     rows = []
     for attr, names in res.groups.items():
         acc = group_accuracies(res, attr, run_ids).assign(key=lambda d: d.run.map(key_of))
         stats = acc.groupby(["key", attr], sort=False).accuracy.agg(["mean", "std", "size"])
         counts = pd.Series(np.array(names, dtype=object)[res.codes[attr][res.codes[attr] >= 0]]).value_counts()
         for variant in res.variants:
-            for g in names:
-                if (variant.key, g) not in stats.index:
+            lo, hi = _intervals(res, variant, attr, stats, counts, method, n_boot, seed)
+            for g, name in enumerate(names):
+                if (variant.key, name) not in stats.index:
                     continue
-                mean, std, models = stats.loc[(variant.key, g)]
-                n = int(counts.get(g, 0))
-                lo, hi = F.wilson_interval(mean * n, n) if n >= F.MIN_GROUP else (np.nan, np.nan)
-                rows.append({"variant": variant.label, "attribute": attr, "group": g, "n": n, "models": int(models),
+                mean, std, models = stats.loc[(variant.key, name)]
+                n = int(counts.get(name, 0))
+                rows.append({"variant": variant.label, "attribute": attr, "group": name, "n": n, "models": int(models),
                              "accuracy": float(mean), "std": float(std) if models > 1 else 0.0,
-                             "ci_low": float(lo), "ci_high": float(hi), "too_few": n < F.MIN_GROUP})
+                             "ci_low": float(lo[g]), "ci_high": float(hi[g]), "too_few": n < F.MIN_GROUP, "interval": method})
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def overall_interval(res: StudyResults, variant: Variant, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of a variant's population-mean accuracy over the whole test set (`interval_method`)."""
+    correct = res.population(variant) == res.y_true
+    if interval_method(res) == CLUSTER_BOOTSTRAP:
+        lo, hi = F.cluster_accuracy_interval(correct, np.zeros(len(res.y_true), int), 1, res.subjects, n_boot, seed)
+        return float(lo[0]), float(hi[0])
+    lo, hi = F.wilson_interval(correct.mean() * len(res.y_true), len(res.y_true))
+    return float(lo), float(hi)
+
+
+def _intervals(res: StudyResults, variant: Variant, attr: str, stats: pd.DataFrame, counts: pd.Series, method: str,
+               n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's interval (NaN for groups under MIN_GROUP images)."""
+    names = res.groups[attr]
+    n = np.array([counts.get(g, 0) for g in names])
+    if method == CLUSTER_BOOTSTRAP:
+        lo, hi = F.cluster_accuracy_interval(res.population(variant) == res.y_true, res.codes[attr], len(names), res.subjects,
+                                             n_boot, seed)
+    else:
+        mean = np.array([stats["mean"].get((variant.key, g), np.nan) for g in names])
+        lo, hi = F.wilson_interval(mean * n, n)
+    small = n < F.MIN_GROUP
+    return np.where(small, np.nan, lo), np.where(small, np.nan, hi)
 
 
 def group_accuracies(res: StudyResults, attr: str, run_ids: list[str]) -> pd.DataFrame:
@@ -101,7 +138,9 @@ def model_gaps(res: StudyResults, pop: np.ndarray, attr: str, gg: GapGroups) -> 
 
 def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant and attribute: gap and ratio of group accuracies, Overall Disparity, and the change
-    of the gap against the reference with a paired bootstrap 95 % interval (significant if it excludes 0).
+    of the population-mean gap against the reference with a paired bootstrap 95 % interval (subjects,
+    or images where there are none, and models resampled); p from the bootstrap standard error,
+    Holm-adjusted across every gap change of the study, and significant when that is below 0.05.
     Groups with fewer than MIN_GROUP test images are left out of the gap."""
     base = res.population(reference(res))
     per_attr = {a: (gg, model_gaps(res, base, a, gg)[0].mean()) for a, gg in gap_groups(res).items()}
@@ -110,27 +149,33 @@ def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
         pop = res.population(variant)
         for attr, (gg, gap_b) in per_attr.items():
             gap_v, acc_v = model_gaps(res, pop, attr, gg)
-            delta, lo, hi = 0.0, 0.0, 0.0
+            delta, lo, hi, p = 0.0, 0.0, 0.0, np.nan
             if not variant.is_reference:
                 boot = F.paired_gap_bootstrap(base == res.y_true, pop == res.y_true, gg.kept, int(gg.ok.sum()), res.subjects,
                                               n_boot, seed)
                 delta = float(gap_v.mean() - gap_b)
                 lo, hi = (float(q) for q in np.nanquantile(boot, [0.025, 0.975]))
+                p = F.bootstrap_p(delta, boot)
             k = int(gg.ok.sum())  # the groups the gap is over: too small ones are left out here too
             disparity = np.mean([F.overall_disparity(res.y_true, p, gg.kept, k, len(res.class_names)) for p in pop])
             rows.append({"variant": variant.label, "attribute": attr, "groups": int(gg.ok.sum()), "gap": float(gap_v.mean()),
                          "gap_std": float(gap_v.std(ddof=1)) if len(pop) > 1 else 0.0,
                          "ratio": float(np.mean(acc_v.min(1) / np.maximum(acc_v.max(1), 1e-12))),
-                         "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi,
-                         "significant": bool(lo > 0 or hi < 0)})
-    return pd.DataFrame(rows, columns=GAP_COLUMNS)
+                         "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi, "p": p})
+    out = pd.DataFrame(rows, columns=GAP_COLUMNS)
+    out["p_holm"] = F.holm(out.p.to_numpy(dtype=float))  # every gap change of the study: singles and intersections
+    out["significant"] = (out.p_holm < 0.05).astype(bool)
+    out["resampled"] = "subjects and models" if F.has_clusters(res.subjects) else "images and models"
+    return out
 
 
-def mcnemar_table(res: StudyResults) -> pd.DataFrame:
-    """Per variant, attribute and group: exact McNemar test of the baseline population's modal
-    prediction against the variant's, on the group's images; Holm-adjusted across the whole study.
-    A population with no mode on an image (a tie) counts as wrong there."""
+def mcnemar_table(res: StudyResults, seed: int = 0) -> pd.DataFrame:
+    """Per variant, attribute and group: a paired test of the baseline population's modal prediction
+    against the variant's on the group's images (subject sign-flip permutation where subjects have
+    several images, else exact McNemar); Holm-adjusted across the whole study. A population with no
+    mode on an image (a tie) counts as wrong there."""
     k = len(res.class_names)
+    clustered = F.has_clusters(res.subjects)
     base_ok = F.modal(res.population(reference(res)), k) == res.y_true
     rows = []
     for variant in res.variants:
@@ -141,13 +186,17 @@ def mcnemar_table(res: StudyResults) -> pd.DataFrame:
             for g, name in enumerate(res.groups[attr]):
                 m = res.codes[attr] == g
                 n = int(m.sum())
-                p = F.mcnemar_exact(base_ok[m], var_ok[m]) if n >= F.MIN_GROUP else np.nan
+                p = np.nan
+                if n >= F.MIN_GROUP:
+                    p = (F.cluster_permutation_test(base_ok[m], var_ok[m], res.subjects[m], seed=seed) if clustered
+                         else F.mcnemar_exact(base_ok[m], var_ok[m]))
                 rows.append({"variant": variant.label, "attribute": attr, "group": name, "n": n,
                              "baseline_acc": float(base_ok[m].mean()) if n else np.nan, "variant_acc": float(var_ok[m].mean()) if n else np.nan,
                              "lost": int((base_ok[m] & ~var_ok[m]).sum()), "gained": int((~base_ok[m] & var_ok[m]).sum()), "p": p})
     out = pd.DataFrame(rows, columns=["variant", "attribute", "group", "n", "baseline_acc", "variant_acc", "lost", "gained", "p"])
     out["p_holm"] = F.holm(out.p.to_numpy(dtype=float))
     out["significant"] = out.p_holm < 0.05
+    out["test"] = CLUSTER_PERMUTATION if clustered else MCNEMAR
     return out
 
 

@@ -83,26 +83,27 @@ def _loaded(store: ResultStore, missing: list[str]) -> StudyResults | None:
 
 def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress) -> dict[str, pd.DataFrame]:
     say("group accuracies and intervals")
-    groups = A.group_table(res)
+    groups = A.group_table(res, n_boot, seed)
     say(f"paired bootstrap of gap changes ({n_boot} resamples)")
     gaps = A.gap_table(res, n_boot, seed)
-    say("McNemar tests, CEV/SDE, exemplars")
+    say("paired tests, CEV/SDE, exemplars")
     recall = pd.concat([A.class_group_recall(res, v).assign(variant=v.label) for v in res.variants])
     stats = T.variant_stats(res)
-    return {"paper": paper_with_intervals(res, groups), "gaps": gaps, "mcnemar": A.mcnemar_table(res),
+    return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "mcnemar": A.mcnemar_table(res, seed),
             "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
             "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
             "baselines": T.baseline_table(res).drop(columns=["run_id"])}
 
 
-def paper_with_intervals(res: StudyResults, groups: pd.DataFrame) -> pd.DataFrame:
-    """The paper's table: size, accuracy and each group's accuracy as 'mean ± std [Wilson 95 %]'."""
+def paper_with_intervals(res: StudyResults, groups: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The paper's table: size, accuracy and each group's accuracy as 'mean ± std [95 % interval]'
+    (the groups' intervals are `group_table`'s; overall accuracy's the same method's)."""
     size = res.run_table().groupby("key", sort=False).size_mb.agg(["mean", "std"])
     rows = []
     for variant in res.variants:
         pop = res.population(variant)
         acc = (pop == res.y_true).mean(1)
-        lo, hi = F.wilson_interval(acc.mean() * len(res.y_true), len(res.y_true))
+        lo, hi = A.overall_interval(res, variant, n_boot, seed)
         row = {"variant": variant.label, "models": len(pop),
                "size (MB)": f"{size.loc[variant.key, 'mean']:.2f} ± {np.nan_to_num(size.loc[variant.key, 'std']):.2f}",
                "accuracy": _cell(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else 0.0, lo, hi, False)}
@@ -218,19 +219,22 @@ def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
 
 def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[str]:
     gaps, mcn, cie, errs = tables["gaps"], tables["mcnemar"], tables["exemplars"], tables["error_change"]
-    out = [_section("Accuracy per group", "mean ± std over each population's models, [Wilson 95 % interval]; "
-                    "groups with fewer than 5 test images are marked as too few.", tables["paper"])]
+    method = A.interval_method(res)
+    out = [_section("Accuracy per group", f"mean ± std over each population's models, [95 % interval of the population mean: "
+                    f"{method}]; groups with fewer than 5 test images are marked as too few.", tables["paper"])]
     g = gaps.copy()
     for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high"):
         if col in g:
             g[col] = (100 * g[col]).round(2)
-    out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp); change vs the baseline with a paired "
-                        "bootstrap 95 % interval over test subjects that also draws one model per population; "
-                        "significant when the interval excludes 0.", g.round(4)))
+    out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp), over groups of at least 5 test images; "
+                        "change of the population-mean gap vs the baseline with a paired bootstrap 95 % interval "
+                        f"({gaps.resampled.iloc[0] if len(gaps) else 'subjects'} resampled); p from the bootstrap standard error, "
+                        "Holm-adjusted across every gap change of the study (p_holm); significant when p_holm < 0.05.", g.round(4)))
     if not mcn.empty:
         sig = mcn[mcn.significant.fillna(False)]
-        out.append(_section("McNemar tests (Holm-corrected across the study)", f"{len(sig)} of {mcn.p.notna().sum()} "
-                            "group-level tests significant at 0.05 after Holm.", mcn.round(4)))
+        out.append(_section("Paired tests per group (Holm-corrected across the study)", f"{mcn.test.iloc[0]} of the baseline's "
+                            f"against the variant's modal correctness; {len(sig)} of {mcn.p.notna().sum()} group-level tests "
+                            "significant at 0.05 after Holm.", mcn.round(4)))
     if not cie.empty:
         out.append(_section("Compression-identified exemplars", "images whose modal prediction over a variant's models differs "
                             "from the baseline population's (Hooker et al. 2020); each group's share among them vs its test share.",
