@@ -14,7 +14,6 @@ import pandas as pd
 
 from ..compress.recipes import REFERENCE_LABEL
 from ..plan import stale_protocol
-from ..evaluate import fairness as F
 from ..evaluate.size import is_kernel
 from ..store import ResultStore, StoreError
 from . import analysis as A
