@@ -222,6 +222,56 @@ class _RichHooks:
 
 
 @app.command()
+def power(
+    config: Optional[Path] = typer.Argument(None, help="study config (YAML); default: the built-in synthetic study"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
+    repeat_sd: float = typer.Option(2.0, help="assumed spread (pp) of one model's gap between repeats or seeds"),
+    target: float = typer.Option(5.0, help="the gap change (pp) you want to be able to detect"),
+    accuracy: float = typer.Option(0.8, min=0.01, max=0.99, help="assumed test accuracy"),
+    subject_sd: float = typer.Option(0.1, min=0, help="assumed spread of accuracy between subjects"),
+    flip_rate: float = typer.Option(0.05, min=0.001, max=0.5, help="assumed share of test images whose correctness compression changes"),
+) -> None:
+    """Before training: the smallest gap change the planned study could detect (80 % power, α 0.05)
+    for each attribute, from its test split and a stated repeat spread, and the repeats a target needs."""
+    from .data.registry import DATASETS, default_cache_dir, load_dataset
+    from .evaluate.fairness import MIN_GROUP
+    from .evaluate.power import Scenario, planned_power
+    from .plan import plan
+
+    cfg = _load(config, {"dataset.params.root": str(data)} if data is not None else {})
+    runs = plan(cfg)
+    variants = len({r.recipe.key() for r in runs if r.recipe is not None and not r.recipe.is_reference})
+    ds_params = DATASETS.get(cfg.dataset.name).params.model_validate(cfg.dataset.params)
+    with console.status("loading the dataset ..."):
+        ds = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
+    test = ds.indices("test")
+    attrs = {a: (codes[test], len(ds.attribute_groups[a])) for a, codes in ds.attributes.items()}
+    tests = max(variants * len(attrs), 1)
+    with console.status("simulating the test split ..."):
+        rows = planned_power(attrs, ds.subjects[test], Scenario(accuracy, subject_sd, flip_rate), repeat_sd / 100, cfg.repeats,
+                             len(cfg.seeds), tests, target / 100, MIN_GROUP)
+    t = Table(title=f"{cfg.name}: detectable gap change (pp), {cfg.repeats} repeats x {len(cfg.seeds)} seed(s), "
+                    f"{variants} variants, {tests} gap tests", title_justify="left")
+    for col in ["attribute", "groups", "subjects", "images", "detectable", "after correction", f"repeats for {target:g} pp (corrected)"]:
+        t.add_column(col, justify="left" if col == "attribute" else "right")
+    for r in rows:
+        if r["note"]:
+            t.add_row(r["attribute"], str(r["groups"]), "", "", r["note"], "", "")
+            continue
+        need = r["repeats_for_target"]
+        t.add_row(r["attribute"], str(r["groups"]), str(r["subjects"]), str(r["images"]), f"{100 * r['detectable']:.1f}",
+                  f"{100 * r['detectable_corrected']:.1f}", str(need) if need else "none: more seeds or test subjects")
+    console.print(t)
+
+
+def _load(config: Optional[Path], overrides: dict):
+    try:
+        return load_config(config, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
 def plugins() -> None:
     """List every registered dataset, model, compression step and group metric, with their parameters."""
     from .plugins import describe_plugins

@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import fairness as F
+from ..evaluate.power import detectable_change
 from .results import StudyResults, Variant, load_results
 
 __all__ = ["StudyResults", "Variant", "load_results"]  # re-exported: the tables below read these
 
 GROUP_COLUMNS = ["variant", "attribute", "group", "n", "models", "accuracy", "std", "ci_low", "ci_high", "too_few", "interval"]
 GAP_COLUMNS = ["variant", "attribute", "groups", "gap", "gap_std", "ratio", "overall_disparity", "gap_change", "ci_low", "ci_high",
-               "p", "p_holm", "significant", "resampled"]
+               "p", "p_holm", "significant", "se", "detectable", "resampled"]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -149,24 +150,44 @@ def gap_table(res: StudyResults, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
         pop = res.population(variant)
         for attr, (gg, gap_b) in per_attr.items():
             gap_v, acc_v = model_gaps(res, pop, attr, gg)
-            delta, lo, hi, p = 0.0, 0.0, 0.0, np.nan
+            delta, lo, hi, p, se = 0.0, 0.0, 0.0, np.nan, np.nan
             if not variant.is_reference:
                 boot = F.paired_gap_bootstrap(base == res.y_true, pop == res.y_true, gg.kept, int(gg.ok.sum()), res.subjects,
                                               n_boot, seed)
                 delta = float(gap_v.mean() - gap_b)
                 lo, hi = (float(q) for q in np.nanquantile(boot, [0.025, 0.975]))
-                p = F.bootstrap_p(delta, boot)
+                p, se = F.bootstrap_p(delta, boot), float(np.nanstd(boot, ddof=1))
             k = int(gg.ok.sum())  # the groups the gap is over: too small ones are left out here too
             disparity = np.mean([F.overall_disparity(res.y_true, p, gg.kept, k, len(res.class_names)) for p in pop])
             rows.append({"variant": variant.label, "attribute": attr, "groups": int(gg.ok.sum()), "gap": float(gap_v.mean()),
                          "gap_std": float(gap_v.std(ddof=1)) if len(pop) > 1 else 0.0,
                          "ratio": float(np.mean(acc_v.min(1) / np.maximum(acc_v.max(1), 1e-12))),
-                         "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi, "p": p})
+                         "overall_disparity": float(disparity), "gap_change": delta, "ci_low": lo, "ci_high": hi, "p": p, "se": se,
+                         "detectable": float(detectable_change(se)) if np.isfinite(se) else np.nan})
     out = pd.DataFrame(rows, columns=GAP_COLUMNS)
     out["p_holm"] = F.holm(out.p.to_numpy(dtype=float))  # every gap change of the study: singles and intersections
     out["significant"] = (out.p_holm < 0.05).astype(bool)
     out["resampled"] = "subjects and models" if F.has_clusters(res.subjects) else "images and models"
     return out
+
+
+def power_table(res: StudyResults, gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per attribute: the smallest gap change the study could detect with 80 % power (two-sided α 0.05),
+    from the bootstrap standard errors of its gap changes (test subjects and the spread between repeats):
+    alone, and after the study-wide correction over every gap change (Bonferroni bound on Holm); beside
+    the largest change it did see."""
+    tested = gaps[gaps.p.notna()]
+    rows = []
+    for attr in res.attributes:
+        g = tested[tested.attribute == attr]
+        if g.empty:
+            continue
+        se = float(g.se.median())
+        rows.append({"attribute": attr, "variants": len(g), "median_se": se, "detectable": float(detectable_change(se)),
+                     "detectable_after_correction": float(detectable_change(se, tests=len(tested))),
+                     "largest_change": float(g.gap_change.abs().max()), "significant": int(g.significant.sum())})
+    return pd.DataFrame(rows, columns=["attribute", "variants", "median_se", "detectable", "detectable_after_correction",
+                                       "largest_change", "significant"])
 
 
 def mcnemar_table(res: StudyResults, seed: int = 0) -> pd.DataFrame:

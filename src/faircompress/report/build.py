@@ -88,7 +88,7 @@ def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress) -> dict[st
     say("paired tests, CEV/SDE, exemplars")
     recall = pd.concat([A.class_group_recall(res, v).assign(variant=v.label) for v in res.variants])
     stats = T.variant_stats(res)
-    return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "mcnemar": A.mcnemar_table(res, seed),
+    return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "power": A.power_table(res, gaps), "mcnemar": A.mcnemar_table(res, seed),
             "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
             "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
             "baselines": T.baseline_table(res).drop(columns=["run_id"])}
@@ -229,6 +229,14 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Pat
                         "change of the population-mean gap vs the baseline with a paired bootstrap 95 % interval "
                         f"({gaps.resampled.iloc[0] if len(gaps) else 'subjects'} resampled); p from the bootstrap standard error, "
                         "Holm-adjusted across every gap change of the study (p_holm); significant when p_holm < 0.05.", g.round(4)))
+    power = tables["power"].copy()
+    if not power.empty:
+        for col in ("median_se", "detectable", "detectable_after_correction", "largest_change"):
+            power[col] = (100 * power[col]).round(2)
+        out.append(_section("Power: the smallest gap change this study could detect", "pp, with 80 % power at two-sided α 0.05 "
+                            "from the gap changes' bootstrap standard errors (test subjects and the spread between repeats); "
+                            "'after correction' over every gap change of the study. A change smaller than this that is "
+                            "not significant is not evidence of no change.", power))
     if not mcn.empty:
         sig = mcn[mcn.significant.fillna(False)]
         out.append(_section("Paired tests per group (Holm-corrected across the study)", f"{mcn.test.iloc[0]} of the baseline's "
