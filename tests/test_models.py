@@ -67,6 +67,7 @@ def test_paper_cnn_batchnorm_follows_keras_by_default():
     m = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=16)
     bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
     assert len(bns) == 6 and all(b.momentum == 0.01 and b.eps == 1e-3 for b in bns)
+    assert m.rescale.scale == 1.0  # the authors fed unscaled pixels, which Keras's slow statistics need
     x = torch.full((4, 1, 16, 16), 255.0)
     m.train()
     m(x)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 2  # bump when a change makes old results incomparable, and say why below
 PROTOCOL_CHANGES = {
-    2: "the paper CNN's BatchNorm follows Keras (momentum 0.99, eps 1e-3), the learning rate drops when Keras drops it "
+    2: "the paper CNN's BatchNorm follows Keras (momentum 0.99, eps 1e-3) and takes the authors' unscaled 0-255 input, "
+       "the learning rate drops when Keras drops it "
        "(one epoch earlier), int8-weights quantises dense layers per tensor as TFLite does, and pruning keeps the "
        "selected checkpoint's own mask",
 }
