@@ -190,3 +190,21 @@ def test_long_hair_and_jaw_shape_follow_gender_presentation():
     assert hair[0].sum() > hair[1].sum() + 20  # side strands
     jaw = (head_distance(f) < 0)[:, 40:, :].sum((1, 2))  # the lower half of the head
     assert jaw[1] > jaw[0]  # squarer
+
+
+def test_cue_shift_gives_a_group_its_own_expression_to_cue_table():
+    from faircompress.data.synthetic import CUES, _EXPRESSION_CUES, _expression_cues
+    from faircompress.data.synthetic.sampling import _sample_subjects
+
+    p = SyntheticParams(bias={"gender": {"male": {"cue_shift": 3}}})
+    subj = _sample_subjects(p, np.random.default_rng(0))
+    expr = np.array([_EXPRESSION_CUES[c] for c in p.class_names])
+    tables = _expression_cues(p, subj, expr)
+    happy, curve = p.class_names.index("happy"), CUES.index("mouth_curve")
+    female, male = np.flatnonzero(subj["gender"] == 0)[0], np.flatnonzero(subj["gender"] == 1)[0]
+    assert tables[female, happy, curve] == 1.0  # smiles with the mouth
+    assert tables[male, happy, curve] != 1.0 and tables[male, happy, (curve + 3) % len(CUES)] == 1.0  # through another cue
+    assert np.array_equal(tables[female], expr)
+    a, b = generate(SyntheticParams(**TINY_DATA)), generate(SyntheticParams(**TINY_DATA, bias={"gender": {"male": {"cue_shift": 2}}}))
+    females = a.attributes["gender"] == 0
+    assert np.array_equal(a.images[females], b.images[females]) and not np.array_equal(a.images[~females], b.images[~females])

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dataset import SPLITS, FaceDataset
 from .params import (ATTRIBUTE_GROUPS, CKPLUS_CLASSES, CUES, RAFDB_CLASSES, GroupBias, Nuisance, SyntheticParams,
-                     _EXPRESSION_CUES)
+                     _EXPRESSION_CUES, shifted_cues)
 from .render import render
 from .sampling import _group_factor, _sample_images, _sample_subjects, _split_subjects
 
@@ -33,7 +33,8 @@ def generate(p: SyntheticParams) -> FaceDataset:
 
     classes = p.class_names
     expr = np.array([_EXPRESSION_CUES[c] for c in classes])  # (K, cues)
-    cues = subj["resting"][sid] + frames["intensity"][:, None] * expr[label] + r_cue.normal(0, p.nuisance.cue_noise, (n, len(CUES)))
+    shown = _expression_cues(p, subj, expr)[sid, label]  # (n, cues): each subject's own expression-to-cue table
+    cues = subj["resting"][sid] + frames["intensity"][:, None] * shown + r_cue.normal(0, p.nuisance.cue_noise, (n, len(CUES)))
 
     per_image = {k: subj[k][sid] for k in ("face_w", "face_h", "eye_dx", "eye_size", "mouth_w", "nose_len", "hair_tone", "skin_jitter")}
     per_image.update({attr: subj[attr][sid] for attr in ATTRIBUTE_GROUPS})
@@ -62,3 +63,14 @@ def generate(p: SyntheticParams) -> FaceDataset:
         meta={"source": "synthetic", "seed": str(p.seed), "label_noise_flipped": str(int(flip.sum()))},
     )
 
+
+
+def _expression_cues(p: SyntheticParams, subj: dict[str, np.ndarray], expr: np.ndarray) -> np.ndarray:
+    """(subjects, classes, cues): the expression-to-cue table each subject uses; a group with a
+    `cue_shift` knob uses the table with its cues rotated (shifts of several attributes add up)."""
+    shift = np.zeros(p.subjects, dtype=int)
+    for attr, groups in p.bias.items():
+        knob = np.array([groups.get(g, GroupBias()).cue_shift for g in ATTRIBUTE_GROUPS[attr]])
+        shift += knob[subj[attr]]
+    tables = np.stack([shifted_cues(expr, k % len(CUES)) for k in range(len(CUES))])
+    return tables[shift % len(CUES)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -35,12 +36,19 @@ _EXPRESSION_CUES["happiness"] = _EXPRESSION_CUES["happy"]
 
 
 class GroupBias(BaseModel):
-    """Bias knobs for one group. Neutral values: 1, 1, 0."""
+    """Bias knobs for one group. Neutral values: 1, 1, 0, 0."""
 
     model_config = ConfigDict(extra="forbid")
     representation: float = Field(1.0, gt=0, description="relative number of sequences per subject")
     intensity: float = Field(1.0, gt=0, le=2, description="scale of expression intensity (< 1: subtler)")
     label_noise: float = Field(0.0, ge=0, lt=1, description="rate of wrong labels in train/val images")
+    cue_shift: int = Field(0, ge=0, lt=7, description="the group shows each expression through other facial cues "
+                           "(the expression-to-cue table rotated by this many cues): a mapping of its own to learn")
+
+
+def shifted_cues(expressions: np.ndarray, shift: int) -> np.ndarray:
+    """The expression-to-cue table (classes x cues) with its cue columns rotated by ``shift``."""
+    return np.roll(expressions, shift, axis=1)
 
 
 class Nuisance(BaseModel):
