@@ -37,5 +37,8 @@ if gaps is not None and not gaps.empty:
     for r in sig.itertuples():
         print(f"  {r.variant:<30} {r.attribute:<10} {100 * r.gap_change:+6.2f} pp  [{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}]")
     mcn = rep.tables["mcnemar"]
-    print(f"McNemar group tests significant after Holm: {int(mcn.significant.sum())} of {int(mcn.p.notna().sum())}")
+    print(f"paired group tests ({mcn.test.iloc[0]}) significant after Holm: {int(mcn.significant.sum())} of {int(mcn.p.notna().sum())}")
+    for r in rep.tables["power"].itertuples():
+        print(f"  {r.attribute:<10} smallest detectable gap change {100 * r.detectable:5.1f} pp "
+              f"({100 * r.detectable_after_correction:.1f} after correction); largest seen {100 * r.largest_change:.1f} pp")
 print(f"report: {rep.html}")
