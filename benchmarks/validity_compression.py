@@ -10,7 +10,7 @@ Holm-corrected across the study). Prints:
   - the detection rate (target >= 80 %) and the false-flag rate on the neutral set, over every gap
     change tested there (target <= 5 %).
 
-Usage: .venv/bin/python benchmarks/validity_compression.py [--seeds 5] [--bootstrap 1000]
+Usage: .venv/bin/python benchmarks/validity_compression.py [--seeds 3] [--bootstrap 1000]
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def study(kind: str, seed: int, n_boot: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args()
     hits, planted_tests, false_flags, neutral_tests = 0, 0, 0, 0
