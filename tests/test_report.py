@@ -13,7 +13,8 @@ from faircompress.store import ResultStore
 
 from conftest import REPORT_GRID
 
-SECTIONS = ["Accuracy per group", "Gaps and their change", "Paired tests per group", "Compression-identified exemplars", "CEV and SDE"]
+SECTIONS = ["Accuracy per group", "Gaps and their change", "Power: the smallest gap change", "Paired tests per group",
+            "Compression-identified exemplars", "CEV and SDE"]
 
 
 def test_run_ends_with_a_self_contained_report(study):

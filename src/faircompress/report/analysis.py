@@ -179,7 +179,7 @@ def power_table(res: StudyResults, gaps: pd.DataFrame) -> pd.DataFrame:
     tested = gaps[gaps.p.notna()]
     rows = []
     for attr in res.attributes:
-        g = tested[tested.attribute == attr]
+        g = tested[(tested.attribute == attr) & np.isfinite(tested.se)]
         if g.empty:
             continue
         se = float(g.se.median())
