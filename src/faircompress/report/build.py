@@ -222,7 +222,7 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Pat
     out = [_section("Accuracy per group", f"mean ± std over each population's models, [95 % interval of the population mean: "
                     f"{method}]; groups with fewer than 5 test images are marked as too few.", tables["paper"])]
     g = gaps.copy()
-    for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high"):
+    for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high", "se", "detectable"):
         if col in g:
             g[col] = (100 * g[col]).round(2)
     out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp), over groups of at least 5 test images; "
