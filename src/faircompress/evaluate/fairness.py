@@ -35,13 +35,15 @@ def wilson_interval(k: np.ndarray | float, n: np.ndarray | float, z: float = 1.9
 
 def mcnemar_exact(base_correct: np.ndarray, var_correct: np.ndarray) -> float:
     """Two-sided exact McNemar p-value: a binomial test on the discordant pairs."""
-    b = int(np.sum(base_correct & ~var_correct))
-    c = int(np.sum(~base_correct & var_correct))
-    n = b + c
+    return sign_test(int(np.sum(base_correct & ~var_correct)), int(np.sum(~base_correct & var_correct)))
+
+
+def sign_test(lost: int, gained: int) -> float:
+    """Two-sided exact binomial (sign) test of ``lost`` against ``gained`` changes."""
+    n = lost + gained
     if n == 0:
         return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -174,8 +176,7 @@ def cluster_permutation_test(base_correct: np.ndarray, var_correct: np.ndarray, 
         return 1.0
     observed = abs(d.sum())
     if np.all(np.abs(d) == abs(d[0])):  # every changed subject changed by the same amount: the flips are binomial
-        return mcnemar_exact(np.repeat([True, False], [int((d < 0).sum()), int((d > 0).sum())]),
-                             np.repeat([False, True], [int((d < 0).sum()), int((d > 0).sum())]))
+        return sign_test(int((d < 0).sum()), int((d > 0).sum()))
     if len(d) <= exact_up_to:
         signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)  # every sign pattern
         return float(np.mean(np.abs(signs @ d) >= observed - 1e-9))

@@ -95,7 +95,14 @@ def _intervals(res: StudyResults, variant: Variant, attr: str, stats: pd.DataFra
 
 def group_accuracies(res: StudyResults, attr: str, run_ids: list[str]) -> pd.DataFrame:
     """Accuracy of each given run on each of ``attr``'s groups, long (columns run, <attr>, accuracy):
-    one fairlearn MetricFrame over every model, grouped by (group, run)."""
+    one fairlearn MetricFrame over every model, grouped by (group, run); computed once per load."""
+    key = ("group_accuracies", attr, tuple(run_ids))
+    if key not in res.memo:
+        res.memo[key] = _group_accuracies(res, attr, run_ids)
+    return res.memo[key].copy()
+
+
+def _group_accuracies(res: StudyResults, attr: str, run_ids: list[str]) -> pd.DataFrame:
     from fairlearn.metrics import MetricFrame
     from sklearn.metrics import accuracy_score
 

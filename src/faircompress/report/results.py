@@ -42,6 +42,7 @@ class StudyResults:
     variants: list[Variant]               # in plan order; the reference first when it finished
     preds: dict[str, np.ndarray]          # run_id -> (N,) predictions aligned with y_true (finished runs)
     scalars: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id x scalar metric (size, latency, ...)
+    memo: dict = field(default_factory=dict, repr=False)  # derived tables computed once per load (see analysis.py)
 
     @property
     def attributes(self) -> list[str]:
