@@ -10,13 +10,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from faircompress.config import load_config  # noqa: E402
+from faircompress.plan import Hooks  # noqa: E402
 from faircompress.store import ResultStore  # noqa: E402
 from faircompress.study import run_study  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 
 
-class PrintHooks:
+class PrintHooks(Hooks):
     def run_started(self, run, i, n): print(f"  training {run.label} ...", flush=True)
     def run_skipped(self, run): print(f"  {run.label}: finished earlier, reused", flush=True)
     def run_finished(self, run, r):
@@ -26,6 +27,7 @@ class PrintHooks:
     def run_failed(self, run, e): print(f"  {run.label}: FAILED {e}", flush=True)
     def batch(self, *a): pass
     def epoch(self, log): pass
+    def note(self, text): print(f"  {text}", flush=True)
 
 
 def run(name: str, overrides: dict) -> dict:

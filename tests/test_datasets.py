@@ -12,7 +12,7 @@ from faircompress.data.common import report_of
 from faircompress.data.dataset import SPLITS, UNKNOWN
 from faircompress.data.export import write_image_folder
 from faircompress.data.problems import DatasetError
-from faircompress.data.registry import DATASETS, cache_key, load_dataset
+from faircompress.data.registry import DATASETS, identify, load_dataset
 from faircompress.data.synthetic import SyntheticParams, generate
 
 
@@ -255,7 +255,7 @@ def test_cache_is_reused_and_keyed_by_the_file_list(tmp_path, monkeypatch):
     make_rafdb(tmp_path / "raf", train=6, test=2)
     params = DATASETS.get("rafdb").params(root=tmp_path / "raf")
     first = load_dataset("rafdb", params, tmp_path / "cache")
-    key = cache_key("rafdb", params)
+    key = identify("rafdb", params).key
     from faircompress.data.loaders import rafdb
 
     monkeypatch.setattr(rafdb, "load_images", lambda *a, **k: pytest.fail("decoded again instead of using the cache"))
@@ -263,7 +263,29 @@ def test_cache_is_reused_and_keyed_by_the_file_list(tmp_path, monkeypatch):
     assert np.array_equal(first.images, again.images) and report_of(again).notes == report_of(first).notes
     assert len(list((tmp_path / "cache").glob("rafdb-*.npz"))) == 1
     (tmp_path / "raf/Image/aligned/train_00001_aligned.jpg").unlink()
-    assert cache_key("rafdb", params) != key
+    assert identify("rafdb", params).key != key
+
+
+def test_cache_key_follows_content_not_size(tmp_path):
+    """Swapping two labels keeps every file's name, size (and here its time) but not its content:
+    the cache must not serve the old labels."""
+    import os
+
+    make_rafdb(tmp_path / "raf", train=6, test=2)
+    params = DATASETS.get("rafdb").params(root=tmp_path / "raf")
+    first = load_dataset("rafdb", params, tmp_path / "cache")
+    labels = tmp_path / "raf/EmoLabel/list_patition_label.txt"
+    lines = labels.read_text().splitlines()
+    i, j = next((i, j) for i in range(len(lines)) for j in range(i) if lines[i].split()[1] != lines[j].split()[1])
+    a, b = lines[i].split(), lines[j].split()
+    lines[i], lines[j] = f"{a[0]} {b[1]}", f"{b[0]} {a[1]}"
+    stat = labels.stat()
+    labels.write_text("\n".join(lines) + "\n")
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert labels.stat().st_size == stat.st_size
+    again = load_dataset("rafdb", params, tmp_path / "cache")
+    assert not np.array_equal(first.labels, again.labels)
+    assert len(list((tmp_path / "cache").glob("rafdb-*.npz"))) == 2
 
 
 def test_data_check_prints_counts_and_problems(tmp_path):

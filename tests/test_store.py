@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faircompress.store import ResultStore, RunResult, StoreError
+from faircompress.store import SCHEMA_VERSION, ResultStore, RunResult, StoreError
 
 
 def _result(n=5):
@@ -133,5 +133,5 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path):
     store.close()
     ResultStore(tmp_path).close()  # opens as schema 2 from now on
     with sqlite3.connect(tmp_path / ResultStore.FILENAME) as c:
-        assert c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+        assert c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert not c.execute("SELECT name FROM sqlite_master WHERE name IN ('group_metrics', 'class_metrics')").fetchall()

@@ -33,9 +33,11 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (overrides output_dir)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)"),
     data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prepared dataset cache (--no-cache reads the files)"),
 ) -> None:
-    """Run a study; finished runs already in the study directory are skipped."""
-    overrides = {}
+    """Run a study; finished runs already in the study directory are skipped, and runs whose file
+    is missing or altered are rebuilt."""
+    overrides: dict = {} if cache else {"dataset.cache": False}
     if out is not None:
         overrides["output_dir"] = str(out)
     if data is not None:
@@ -49,12 +51,13 @@ def run(
     from .study import plan, run_study
 
     console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
+    from .binding import BindingError
     from .data.problems import DatasetError
 
     try:
         with _RichHooks(cfg.train.epochs) as hooks:
             report = run_study(cfg, hooks)
-    except (StoreError, DatasetError) as e:
+    except (StoreError, DatasetError, BindingError) as e:
         _fail(str(e))
     console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
     _show(Path(cfg.output_dir))
@@ -92,6 +95,32 @@ def show(study_dir: Path = typer.Argument(..., help="a study directory (holds re
         _show(study_dir)
     except StoreError as e:
         _fail(str(e))
+
+
+@app.command()
+def verify(study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)")) -> None:
+    """Check every finished run's file against the SHA-256 recorded with its results. Exits 1 if
+    one is missing or altered (`faircompress run` rebuilds those)."""
+    from .artefacts import check_artefacts
+
+    try:
+        store = ResultStore.open_existing(study_dir)
+    except StoreError as e:
+        _fail(str(e))
+    try:
+        checks = check_artefacts(store, study_dir)
+    finally:
+        store.close()
+    for check in checks:
+        if check.state != "ok":
+            style = "red" if check.damaged else "yellow"
+            console.print(f"[{style}]{check.state}[/] {check.describe()}", highlight=False, soft_wrap=True)
+    damaged = sum(c.damaged for c in checks)
+    ok = sum(c.state == "ok" for c in checks)
+    console.print(f"{len(checks)} finished runs: {ok} files match their checksum, {damaged} missing or altered, "
+                  f"{len(checks) - ok - damaged} without a recorded checksum")
+    if damaged:
+        raise typer.Exit(1)
 
 
 def _pct(x: object) -> str:
@@ -201,6 +230,9 @@ class _RichHooks:
     def run_failed(self, run, error: str) -> None:
         self._drop_task()
         console.print(f"[red]✗ {run.label}[/]: {error}")
+
+    def note(self, text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
 
     def batch(self, epoch: int, done: int, total: int) -> None:
         desc = f"epoch {epoch}"

@@ -26,6 +26,8 @@ class DatasetConfig(Strict):
     name: str = "synthetic"
     params: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the loader's parameters")
     cache: bool = Field(True, description="cache the prepared dataset as .npz")
+    max_unreadable: float = Field(0.01, ge=0, le=1, description="a study stops when a larger share of a split's images "
+                                  "cannot be read")
 
     @field_validator("name")
     @classmethod

@@ -86,16 +86,20 @@ class PlannedRun:
         return cols
 
 
+def result_fields(cfg: "StudyConfig") -> dict[str, Any]:
+    """The config fields that change what a baseline (and so every run) computes; the rest (the
+    device, batch sizes of evaluation, caching, measurement settings) do not."""
+    return {
+        "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache", "max_unreadable"}),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"}),
+    }
+
+
 def plan(cfg: "StudyConfig") -> list[PlannedRun]:
     """Every run the study needs, in execution order: baselines, then each baseline's variants
     (its fp32 export first, then every recipe x repeat; recipes without fine-tuning run once)."""
-    train = cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"})  # these do not change results
-    base = {
-        "protocol": PROTOCOL_VERSION,
-        "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": train,
-    }
+    base = {"protocol": PROTOCOL_VERSION, **result_fields(cfg)}
     evaluation = cfg.evaluation.model_dump(mode="json", exclude={"threads"})
     baselines = [PlannedRun(RunKind.BASELINE, s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
     variants = []
@@ -116,5 +120,6 @@ class Hooks:
     def run_skipped(self, run: PlannedRun) -> None: ...
     def run_finished(self, run: PlannedRun, result: "RunResult") -> None: ...
     def run_failed(self, run: PlannedRun, error: str) -> None: ...
+    def note(self, text: str) -> None: ...
     def batch(self, epoch: int, done: int, total: int) -> None: ...
     def epoch(self, log: Any) -> None: ...

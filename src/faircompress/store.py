@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), metric TEXT NOT NULL, attribute TEXT NOT NULL DEFAULT '',
     grp TEXT NOT NULL DEFAULT '', value REAL, PRIMARY KEY (run_id, metric, attribute, grp))"""
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     timings_json TEXT, device TEXT, precision TEXT, selection TEXT,
     versions_json TEXT, git_commit TEXT, artefact TEXT, error TEXT,
     recipe_json TEXT, repeat INTEGER, baseline_id TEXT, details_json TEXT,
-    variant TEXT, recipe_key TEXT, technique TEXT, level REAL, is_reference INTEGER NOT NULL DEFAULT 0
+    variant TEXT, recipe_key TEXT, technique TEXT, level REAL, is_reference INTEGER NOT NULL DEFAULT 0,
+    dataset_key TEXT, artefact_sha256 TEXT
 );
 """ + _METRICS_TABLE + """;
 CREATE TABLE IF NOT EXISTS epochs (
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS samples (
     attributes_json TEXT, PRIMARY KEY (dataset_key, sample)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key TEXT PRIMARY KEY, name TEXT, class_names_json TEXT, attribute_groups_json TEXT);
+CREATE TABLE IF NOT EXISTS dataset_files (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL) WITHOUT ROWID;
 """
 _CHILD_TABLES = ("metrics", "epochs", "predictions")
 IDENTITY_COLUMNS = ("kind", "label", "seed", "recipe_json", "repeat", "baseline_id", "variant", "recipe_key", "technique", "level",
@@ -74,6 +76,7 @@ class RunResult:
     precision: str = ""
     selection: str = ""
     artefact: str = ""
+    artefact_sha256: str = ""     # of the artefact file as stored, for `verify` and rebuilds
     details: dict[str, Any] = field(default_factory=dict)  # e.g. per-kernel distinct values and sparsity
 
     def scalar(self, metric: str) -> float:
@@ -104,6 +107,9 @@ class ResultStore:
             raise StoreError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
         if found == "1":
             self._migrate_from_v1()
+            found = "2"
+        if found == "2":
+            self._migrate_from_v2()
         elif found != str(SCHEMA_VERSION):
             self.conn.close()
             raise StoreError(f"{self.path}: written with store schema {found}, this version reads {SCHEMA_VERSION}")
@@ -133,9 +139,21 @@ class ResultStore:
             c.execute("INSERT INTO metrics SELECT run_id, 'count', 'class', class, count FROM class_metrics")
             for table in ("metrics_v1", "group_metrics", "class_metrics"):
                 c.execute(f"DROP TABLE {table}")
-            c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            c.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
             if c.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', '1')")  # every schema 1 store was protocol 1
+
+    def _migrate_from_v2(self) -> None:
+        """Schema 2 -> 3: each run records the dataset it was scored on and its artefact's SHA-256.
+        A store that holds one dataset gives it to every run; with several, which run saw which is
+        unknown, and the report says so instead of guessing."""
+        with self.transaction() as c:
+            c.execute("ALTER TABLE runs ADD COLUMN dataset_key TEXT")
+            c.execute("ALTER TABLE runs ADD COLUMN artefact_sha256 TEXT")
+            keys = [k for (k,) in c.execute("SELECT dataset_key FROM datasets")]
+            if len(keys) == 1:
+                c.execute("UPDATE runs SET dataset_key=?", (keys[0],))
+            c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @classmethod
     def open_existing(cls, study_dir: str | Path) -> "ResultStore":
@@ -164,7 +182,7 @@ class ResultStore:
         return row[0] if row else None
 
     def start_run(self, run_id: str, *, study: str, identity: dict[str, Any], config: dict[str, Any], versions: dict[str, str],
-                  git_commit: str) -> None:
+                  git_commit: str, dataset_key: str | None = None) -> None:
         """Mark a run as running (a retry of an unfinished or failed run clears its partial rows).
         ``identity``: the planned run's typed columns (`IDENTITY_COLUMNS`; kind, label and seed required)."""
         cols = [c for c in IDENTITY_COLUMNS if c in identity]
@@ -173,12 +191,14 @@ class ResultStore:
             for table in _CHILD_TABLES:
                 c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             c.execute(
-                f"""INSERT INTO runs (run_id, study, config_json, status, attempts, started_at, versions_json, git_commit, {", ".join(cols)})
-                   VALUES (?, ?, ?, 'running', 1, ?, ?, ?{", ?" * len(cols)})
+                f"""INSERT INTO runs (run_id, study, config_json, status, attempts, started_at, versions_json, git_commit, dataset_key,
+                       {", ".join(cols)})
+                   VALUES (?, ?, ?, 'running', 1, ?, ?, ?, ?{", ?" * len(cols)})
                    ON CONFLICT(run_id) DO UPDATE SET status='running', attempts=attempts+1, started_at=excluded.started_at,
-                       config_json=excluded.config_json, versions_json=excluded.versions_json,
-                       git_commit=excluded.git_commit, error=NULL, finished_at=NULL""",
-                (run_id, study, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit, *values),
+                       config_json=excluded.config_json, versions_json=excluded.versions_json, dataset_key=excluded.dataset_key,
+                       git_commit=excluded.git_commit, error=NULL, finished_at=NULL, artefact_sha256=NULL""",
+                (run_id, study, json.dumps(config, sort_keys=True), time.time(), json.dumps(versions), git_commit, dataset_key,
+                 *values),
             )
 
     def finish_run(self, run_id: str, r: RunResult) -> None:
@@ -193,8 +213,9 @@ class ResultStore:
                           zip([run_id] * len(r.sample_ids), r.sample_ids.tolist(), r.y_true.tolist(), r.y_pred.tolist()))
             c.execute(
                 """UPDATE runs SET status='finished', finished_at=?, timings_json=?, device=?, precision=?, selection=?,
-                   artefact=?, details_json=?, error=NULL WHERE run_id=?""",
-                (time.time(), json.dumps(r.timings), r.device, r.precision, r.selection, r.artefact, json.dumps(r.details), run_id),
+                   artefact=?, artefact_sha256=?, details_json=?, error=NULL WHERE run_id=?""",
+                (time.time(), json.dumps(r.timings), r.device, r.precision, r.selection, r.artefact, r.artefact_sha256 or None,
+                 json.dumps(r.details), run_id),
             )
 
     def fail_run(self, run_id: str, error: str) -> None:
@@ -211,18 +232,45 @@ class ResultStore:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', ?)", (str(version),))
 
+    # --- what the study is bound to: one dataset, one plan (see binding.py) ---
+    def binding(self) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The recorded binding and the dataset files' hashes it was made with; None before the first run."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='binding'").fetchone()
+        if row is None:
+            return None
+        return json.loads(row[0]), dict(self.conn.execute("SELECT path, sha256 FROM dataset_files").fetchall())
+
+    def bind(self, binding: dict[str, Any], files: dict[str, str]) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('binding', ?)", (json.dumps(binding, sort_keys=True),))
+            c.execute("DELETE FROM dataset_files")
+            c.executemany("INSERT INTO dataset_files VALUES (?, ?)", sorted(files.items()))
+
     # --- datasets (so analysis needs no reload of the images) -------------
     def record_samples(self, dataset_key: str, name: str, class_names: list[str], attribute_groups: dict[str, list[str]],
-                       sample_ids: np.ndarray, subjects: np.ndarray, labels: np.ndarray, attributes: dict[str, np.ndarray]) -> None:
+                       rows: list[tuple]) -> None:
+        """A dataset's test samples, once: ``rows`` of (sample, subject, label, attributes_json)."""
         if self.conn.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (dataset_key,)).fetchone():
             return
-        rows = [
-            (dataset_key, int(i), str(subjects[j]), int(labels[j]), json.dumps({a: int(v[j]) for a, v in attributes.items()}))
-            for j, i in enumerate(sample_ids)
-        ]
         with self.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+            c.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?)", [(dataset_key, *r) for r in rows])
             c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?)", (dataset_key, name, json.dumps(class_names), json.dumps(attribute_groups)))
+
+    def sample_rows(self, dataset_key: str) -> list[tuple]:
+        """The recorded test samples of one dataset: (sample, subject, label, attributes_json), in order."""
+        return self.conn.execute("SELECT sample, subject, label, attributes_json FROM samples WHERE dataset_key=? ORDER BY sample",
+                                 (dataset_key,)).fetchall()
+
+    def rekey_dataset(self, old: str, new: str) -> None:
+        """Move runs and samples recorded under ``old`` to ``new`` (the same test set under a new key)."""
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key=? OR dataset_key IS NULL", (new, old))
+            if c.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (new,)).fetchone():
+                c.execute("DELETE FROM samples WHERE dataset_key=?", (old,))
+                c.execute("DELETE FROM datasets WHERE dataset_key=?", (old,))
+            else:
+                c.execute("UPDATE samples SET dataset_key=? WHERE dataset_key=?", (new, old))
+                c.execute("UPDATE datasets SET dataset_key=? WHERE dataset_key=?", (new, old))
 
     # --- reading ------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

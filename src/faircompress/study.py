@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import platform
 import subprocess
 import traceback
@@ -10,9 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .artefacts import check_artefacts
+from .binding import BindingError, StudyBinding, binding_for, refusal
 from .config import StudyConfig, dump_config
+from .data.common import unreadable
 from .data.dataset import FaceDataset
-from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
+from .data.identity import file_sha256
+from .data.problems import DatasetError
+from .data.registry import DatasetIdentity, default_cache_dir, identify, load_identified
 from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan, stale_protocol
 from .store import ResultStore, RunResult, StoreError
 
@@ -50,12 +56,17 @@ class StudyReport:
 
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
-    """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
+    """Run every planned run that is not finished yet. Failures are recorded and the study goes on.
+    The dataset is loaded (and checked) before the study directory is created."""
+    hooks = hooks or Hooks()
+    ident = identify(cfg.dataset.name, cfg.dataset.params)
+    data = load_identified(ident, default_cache_dir() if cfg.dataset.cache else None)
+    _check_unreadable(cfg, data, hooks)
     out = Path(cfg.output_dir)
     store = ResultStore(out)
     try:
         with study_lock(out):
-            return _run_locked(cfg, hooks or Hooks(), out, store)
+            return _run_locked(cfg, hooks, out, store, ident, data)
     finally:
         store.close()
 
@@ -76,17 +87,16 @@ def study_lock(out: Path) -> Iterator[None]:
         fh.close()
 
 
-def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -> StudyReport:
+def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, ident: DatasetIdentity,
+                data: FaceDataset) -> StudyReport:
+    _check_study(cfg, out, store, ident, data)
     tmp = out / "config.yaml.tmp"
     tmp.write_text(dump_config(cfg))
     tmp.replace(out / "config.yaml")
-    stale = stale_protocol(store.protocol())
-    if stale:
-        raise StoreError(f"{out}: the runs in this study were {stale}. Run into a new directory (--out), or move "
-                         f"{store.path.name} aside to start this one afresh")
     store.set_protocol(PROTOCOL_VERSION)
     runs = plan(cfg)
-    todo = [r for r in runs if store.status(r.run_id) != "finished"]
+    damaged = _damaged_artefacts(store, out, hooks)
+    todo = [r for r in runs if store.status(r.run_id) != "finished" or r.run_id in damaged]
     pending = {r.run_id for r in todo}
     report = StudyReport(ran=[], skipped=[r.run_id for r in runs if r.run_id not in pending], failed={})
     for r in runs:
@@ -94,14 +104,15 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
             hooks.run_skipped(r)
     if not todo:
         return report
-    data = _load_data(cfg, store)
+    _record_samples(store, ident, data)
     versions, commit = package_versions(), git_commit()
     for i, run in enumerate(todo):
         hooks.run_started(run, i, len(todo))
         store.start_run(run.run_id, study=cfg.name, identity=run.columns(), config=cfg.model_dump(mode="json"),
-                        versions=versions, git_commit=commit)
+                        versions=versions, git_commit=commit, dataset_key=ident.key)
         try:
             result = _execute(cfg, run, data, out, hooks)
+            result.artefact_sha256 = file_sha256(result.artefact)
             result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(run.run_id, result)
         except Exception as e:  # a failed run is recorded; the study carries on
@@ -115,14 +126,71 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
     return report
 
 
-def _load_data(cfg: StudyConfig, store: ResultStore) -> FaceDataset:
-    """The study's dataset (cached), with its test samples recorded in the store for the analysis."""
-    ds_params = DATASETS.get(cfg.dataset.name).params.model_validate(cfg.dataset.params)
-    data = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
+def _check_study(cfg: StudyConfig, out: Path, store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
+    """Refuse runs that would not be comparable with the study's (another protocol, dataset or
+    plan), before anything in the directory changes; bind a new study to this dataset and plan."""
+    stale = stale_protocol(store.protocol())
+    if stale:
+        raise StoreError(f"{out}: the runs in this study were {stale}. Run into a new directory (--out), or move "
+                         f"{store.path.name} aside to start this one afresh")
+    now = binding_for(cfg, ident)
+    recorded = store.binding()
+    if recorded is None:
+        _adopt_earlier_runs(out, store, ident, data)
+        store.bind(now.to_json(), ident.manifest.files)
+        return
+    why = refusal(StudyBinding.from_json(recorded[0]), recorded[1], now, ident.manifest)
+    if why:
+        raise BindingError(f"{out}: this study holds runs of another question: {why}. Its results cannot be pooled with "
+                           "new runs: run into a new directory (--out DIR), or restore the dataset and config it was made with")
+
+
+def _adopt_earlier_runs(out: Path, store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
+    """A study made before studies were bound keeps its runs when they were scored on exactly the
+    test samples the dataset gives now (they move to its content key); otherwise it is refused."""
+    test = _test_rows(data)
+    for (old,) in store.conn.execute("SELECT dataset_key FROM datasets").fetchall():
+        if old == ident.key:
+            continue
+        if store.sample_rows(old) != test:
+            raise BindingError(f"{out}: this study's runs were scored on another test set than the {ident.name} dataset gives now. "
+                               "Run into a new directory (--out DIR)")
+        store.rekey_dataset(old, ident.key)
+
+
+def _test_rows(data: FaceDataset) -> list[tuple]:
+    """The test samples as the store keeps them: (sample, subject, label, attributes_json)."""
     test = data.indices("test")
-    store.record_samples(cache_key(cfg.dataset.name, ds_params), data.name, data.class_names, data.attribute_groups, test,
-                         data.subjects[test], data.labels[test], {a: v[test] for a, v in data.attributes.items()})
-    return data
+    return [(int(i), str(data.subjects[i]), int(data.labels[i]), json.dumps({a: int(v[i]) for a, v in data.attributes.items()}))
+            for i in test]
+
+
+def _damaged_artefacts(store: ResultStore, out: Path, hooks: Hooks) -> set[str]:
+    """Finished runs whose artefact is missing or altered: they run again (an altered file is
+    removed first, so nothing downstream reuses it)."""
+    damaged = set()
+    for check in check_artefacts(store, out):
+        if check.damaged:
+            hooks.note(f"{check.describe()}: rebuilding it")
+            check.path.unlink(missing_ok=True)
+            damaged.add(check.run_id)
+    return damaged
+
+
+def _check_unreadable(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> None:
+    """Say per split how many images could not be read; stop above `dataset.max_unreadable`."""
+    counts = unreadable(data)
+    hooks.note("images: " + ", ".join(f"{s} {n - bad}" + (f" ({bad} unreadable)" if bad else "") for s, (bad, n) in counts.items())
+               + ("" if any(bad for bad, _ in counts.values()) else "; none unreadable"))
+    for split, (bad, n) in counts.items():
+        if n and bad / n > cfg.dataset.max_unreadable:
+            raise DatasetError(f"{bad} of the {n} {split} images of {cfg.dataset.name} ({bad / n:.1%}) could not be read, more than "
+                               f"dataset.max_unreadable ({cfg.dataset.max_unreadable:.1%}); `faircompress data check` lists them")
+
+
+def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
+    """The dataset's test samples, recorded under its content key for the analysis."""
+    store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, _test_rows(data))
 
 
 def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:

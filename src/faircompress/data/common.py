@@ -2,6 +2,7 @@
 audit that says what was dropped and why (nothing may vanish silently)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .problems import DatasetError, LoadReport
 from .tables import UNKNOWN_VALUES, read_csv
 
 REPORT_KEY = "load_report"
+UNREADABLE_KEY = "unreadable"  # per split: [images that could not be read, images listed]
 
 
 def attributes_from_csv(path: str | os.PathLike, keys: list[str], key_column: str, report: LoadReport,
@@ -66,7 +68,16 @@ def assemble(name: str, images: np.ndarray, ok: np.ndarray, labels: np.ndarray, 
     )
     audit(ds, report)
     ds.meta[REPORT_KEY] = report.to_json()
+    bad = ~np.asarray(ok, dtype=bool)
+    ds.meta[UNREADABLE_KEY] = json.dumps({s: [int((bad & (np.asarray(split) == i)).sum()), int((np.asarray(split) == i).sum())]
+                                          for i, s in enumerate(SPLITS)})
     return ds
+
+
+def unreadable(ds: FaceDataset) -> dict[str, tuple[int, int]]:
+    """Per split: how many of its images could not be read, of how many listed."""
+    counts = json.loads(ds.meta.get(UNREADABLE_KEY, "{}"))
+    return {s: tuple(counts.get(s, (0, int((ds.split == i).sum())))) for i, s in enumerate(SPLITS)}
 
 
 def audit(ds: FaceDataset, report: LoadReport) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from ..registry import Registry
 from .dataset import FaceDataset
+from .identity import Manifest, manifest
 from .problems import LoadReport
 
 
@@ -20,7 +21,7 @@ from .problems import LoadReport
 class DatasetSource:
     params: type[BaseModel]                      # strict pydantic model of the loader's parameters
     load: Callable[[BaseModel, LoadReport], FaceDataset]  # builds the dataset, recording problems found
-    fingerprint: Callable[[BaseModel], str] | None = None  # extra cache key (e.g. source file list)
+    sources: Callable[[BaseModel], list[Path]] | None = None  # the files and folders it reads (hashed by content)
     version: str = "1"                           # bump when the loader's output changes
     example: Callable[[Path], dict] | None = None  # writes a tiny copy of the layout under a folder, returns params
 
@@ -32,29 +33,55 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FAIRCOMPRESS_CACHE", Path.home() / ".cache" / "faircompress"))
 
 
-def cache_key(name: str, params: BaseModel) -> str:
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a dataset is: its loader, the loader's parameters and the content of every file it reads
+    (procedural datasets have no files). Two loads with one key give identical arrays."""
+
+    name: str
+    params: BaseModel
+    manifest: Manifest
+
+    @property
+    def key(self) -> str:
+        blob = {"name": self.name, "version": DATASETS.get(self.name).version, "params": self.params.model_dump(mode="json"),
+                "files": self.manifest.key()}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _validated(source: DatasetSource, params: BaseModel | dict | None) -> BaseModel:
+    return params if isinstance(params, source.params) else source.params.model_validate(params or {})
+
+
+def identify(name: str, params: BaseModel | dict | None = None) -> DatasetIdentity:
+    """Validate a dataset's parameters and hash the files it reads."""
     source = DATASETS.get(name)
-    blob = {"name": name, "version": source.version, "params": params.model_dump(mode="json")}
-    if source.fingerprint is not None:
-        blob["fingerprint"] = source.fingerprint(params)
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    params = _validated(source, params)
+    roots = [p for p in source.sources(params) if p.exists()] if source.sources else []
+    return DatasetIdentity(name, params, manifest(*roots))
 
 
 def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None, strict: bool = False) -> FaceDataset:
-    """Load a registered dataset, reusing a cached ``.npz`` when its key matches. ``strict`` stops at
-    the first unreadable file instead of skipping it (and reads the files, not the cache)."""
+    """Load a registered dataset: from the files, or with ``cache_dir`` from the cache when one
+    matches its content. ``strict`` stops at the first unreadable file instead of skipping it."""
     source = DATASETS.get(name)
-    if not isinstance(params, source.params):
-        params = source.params.model_validate(params or {})
+    params = _validated(source, params)
     if cache_dir is None or strict:
         return source.load(params, LoadReport(strict=strict))
-    path = Path(cache_dir) / f"{name}-{cache_key(name, params)}.npz"
+    return load_identified(identify(name, params), cache_dir)
+
+
+def load_identified(ident: DatasetIdentity, cache_dir: Path | None) -> FaceDataset:
+    """The dataset ``ident`` names, from the cache (``<name>-<key>.npz``) when it is there."""
+    source = DATASETS.get(ident.name)
+    if cache_dir is None:
+        return source.load(ident.params, LoadReport())
+    path = Path(cache_dir) / f"{ident.name}-{ident.key}.npz"
     if path.exists():
         try:
             return FaceDataset.load_npz(path)
         except Exception:  # a torn or stale cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    ds = source.load(params, LoadReport())
+    ds = source.load(ident.params, LoadReport())
     ds.save_npz(path)
     return ds
-

@@ -3,7 +3,6 @@ byte-order marks, CRLF line ends, stray spaces around names and values, ``#`` co
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,24 +38,3 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> tuple[l
             raise DatasetError(f"{path} line {lineno}: {len(cells)} fields, the header has {len(header)}")
         rows.append(Row(lineno, {h: c.strip() for h, c in zip(header, cells)}))
     return header, rows
-
-
-def tree_fingerprint(*roots: str | os.PathLike) -> str:
-    """Hash of every file's relative path and size under ``roots`` (files or folders): a changed,
-    added or removed file gives a new cache key."""
-    h = hashlib.sha256()
-    for root in roots:
-        root = Path(root)
-        if root.is_file():
-            h.update(f"{root.name}\0{root.stat().st_size}\n".encode())
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            for name in sorted(filenames):
-                try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    size = -1
-                h.update(f"{rel}/{name}\0{size}\n".encode())
-    return h.hexdigest()[:16]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate.size import MB
-from ..store import ResultStore
+from ..store import ResultStore, StoreError
 INTERSECTION = " × "  # joins two attributes' names (and their groups') into an intersection
 
 
@@ -83,21 +83,36 @@ class NothingToAnalyse(ValueError):
 
 def load_results(store: ResultStore, intersections: bool = True) -> StudyResults:
     c = store.conn
-    datasets = c.execute("SELECT dataset_key, class_names_json, attribute_groups_json FROM datasets").fetchall()
-    if not datasets:
-        raise NothingToAnalyse("the study has no test samples recorded yet (no run has started)")
-    key, classes_json, groups_json = datasets[-1]
+    runs = store.runs()
+    finished = runs[runs.status == "finished"]
+    key = _dataset_of(store, finished)
+    classes_json, groups_json = c.execute("SELECT class_names_json, attribute_groups_json FROM datasets WHERE dataset_key=?",
+                                          (key,)).fetchone()
     samples = pd.read_sql_query("SELECT sample, subject, label, attributes_json FROM samples WHERE dataset_key=? ORDER BY sample",
                                 c, params=(key,))
     groups, codes = _attribute_codes(samples, json.loads(groups_json), intersections)
-    runs = store.runs()
-    finished = runs[runs.status == "finished"]
     preds = _predictions(store, samples["sample"].to_numpy(), set(finished.run_id))
     metrics = store.metrics()
     scalar_rows = metrics[(metrics.attribute == "") & (metrics.group == "")]
     scalars = scalar_rows.pivot(index="run_id", columns="metric", values="value") if not scalar_rows.empty else pd.DataFrame()
     return StudyResults(json.loads(classes_json), groups, codes, samples.subject.astype(str).to_numpy(), samples.label.to_numpy(),
                         runs, _variants(finished[finished.run_id.isin(preds)]), preds, scalars)
+
+
+def _dataset_of(store: ResultStore, finished: pd.DataFrame) -> str:
+    """The one dataset the study's runs were scored on; a store whose runs saw several cannot be
+    analysed as one study (never score a run against another dataset's samples)."""
+    recorded = [k for (k,) in store.conn.execute("SELECT dataset_key FROM datasets").fetchall()]
+    if not recorded:
+        raise NothingToAnalyse("the study has no test samples recorded yet (no run has started)")
+    keys = finished.dataset_key.dropna().unique() if "dataset_key" in finished else []
+    if finished.empty or (len(keys) == 0 and len(recorded) == 1):
+        return recorded[-1]
+    if len(keys) == 1 and finished.dataset_key.notna().all():
+        return str(keys[0])
+    counts = ", ".join(f"{k}: {n} runs" for k, n in finished.dataset_key.fillna("unknown").value_counts().items())
+    raise StoreError(f"{store.path}: its runs were scored on {max(len(keys), len(recorded))} different datasets ({counts}); "
+                     "one study compares models on one test set. Run each dataset into its own directory (--out DIR)")
 
 
 def _attribute_codes(samples: pd.DataFrame, groups: dict[str, list[str]], intersections: bool):

@@ -22,7 +22,6 @@ from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import subject_split
-from ..tables import tree_fingerprint
 
 CLASSES = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 LAYOUT = """CK+/
@@ -97,11 +96,8 @@ def _read_label(path: Path) -> int:
     return int(value)
 
 
-def fingerprint(p: CKPlusParams) -> str:
-    files = [p.root / "cohn-kanade-images", p.root / "Emotion"]
-    if p.gender_csv is not None:
-        files.append(p.gender_csv)
-    return tree_fingerprint(*(f for f in files if f.exists()))
+def sources(p: CKPlusParams) -> list[Path]:
+    return [p.root / "cohn-kanade-images", p.root / "Emotion"] + ([p.gender_csv] if p.gender_csv is not None else [])
 
 
 def example(root: Path) -> dict:
@@ -110,4 +106,4 @@ def example(root: Path) -> dict:
     return {"root": str(root), "detector": "none", "image_size": 16}
 
 
-DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, fingerprint=fingerprint, version="1", example=example))
+DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, sources=sources, version="1", example=example))

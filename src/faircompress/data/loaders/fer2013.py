@@ -16,7 +16,6 @@ from ..dataset import FaceDataset
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, VAL
-from ..tables import tree_fingerprint
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE = {"training": TRAIN, "publictest": VAL, "privatetest": TEST}
@@ -85,9 +84,8 @@ def load(p: FER2013Params, report: LoadReport) -> FaceDataset:
                     meta={"source": str(path)})
 
 
-def fingerprint(p: FER2013Params) -> str:
-    files = [csv_path(p.root)] + ([p.attributes_csv] if p.attributes_csv and p.attributes_csv.exists() else [])
-    return tree_fingerprint(*files)
+def sources(p: FER2013Params) -> list[Path]:
+    return [csv_path(p.root)] + ([p.attributes_csv] if p.attributes_csv else [])
 
 
 def example(root: Path) -> dict:
@@ -97,4 +95,4 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, fingerprint=fingerprint, version="1", example=example))
+DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, sources=sources, version="1", example=example))

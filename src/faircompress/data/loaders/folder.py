@@ -19,7 +19,7 @@ from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import subject_split
-from ..tables import read_csv, tree_fingerprint
+from ..tables import read_csv
 
 KNOWN_COLUMNS = ("path", "label", "label_name", "subject", "split")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -129,8 +129,8 @@ def _split_code(path: Path, row) -> int:
     return SPLITS.index(SPLIT_NAMES[value])
 
 
-def fingerprint(p: FolderParams) -> str:
-    return tree_fingerprint(p.root, _csv(p))
+def sources(p: FolderParams) -> list[Path]:
+    return [p.root, _csv(p)]
 
 
 def example(root: Path) -> dict:
@@ -138,4 +138,4 @@ def example(root: Path) -> dict:
     return make_folder(root)
 
 
-DATASETS.register("folder")(DatasetSource(params=FolderParams, load=load, fingerprint=fingerprint, version="1", example=example))
+DATASETS.register("folder")(DatasetSource(params=FolderParams, load=load, sources=sources, version="1", example=example))

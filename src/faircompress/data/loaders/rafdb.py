@@ -16,7 +16,6 @@ from ..images import Preprocess, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, carve_val
-from ..tables import tree_fingerprint
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]  # codes 1-7
 ATTRIBUTES = {  # the last three lines of each *_manu_attri.txt, in this order
@@ -135,9 +134,8 @@ def _read_attributes(path: Path) -> dict[str, int]:
     return out
 
 
-def fingerprint(p: RAFDBParams) -> str:
-    parts = [p.root / "EmoLabel", p.root / "Image" / "aligned", p.root / "Annotation" / "manual"]
-    return tree_fingerprint(*(d for d in parts if d.exists()))
+def sources(p: RAFDBParams) -> list[Path]:
+    return [p.root / "EmoLabel", p.root / "Image" / "aligned", p.root / "Annotation" / "manual"]
 
 
 def example(root: Path) -> dict:
@@ -146,4 +144,4 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, fingerprint=fingerprint, version="1", example=example))
+DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, sources=sources, version="1", example=example))

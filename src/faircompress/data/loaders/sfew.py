@@ -18,7 +18,7 @@ from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, carve_val
-from ..tables import read_csv, tree_fingerprint
+from ..tables import read_csv
 
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 LAYOUT = """SFEW/
@@ -80,9 +80,8 @@ def load(p: SFEWParams, report: LoadReport) -> FaceDataset:
     return assemble("sfew", images, ok, np.array(labels), CLASSES, attrs, groups, keys_arr, split, report, meta={"source": str(p.root)})
 
 
-def fingerprint(p: SFEWParams) -> str:
-    parts = [p.root / "Train", p.root / "Val"] + ([p.attributes_csv] if p.attributes_csv else [])
-    return tree_fingerprint(*(d for d in parts if d.exists()))
+def sources(p: SFEWParams) -> list[Path]:
+    return [p.root / "Train", p.root / "Val"] + ([p.attributes_csv] if p.attributes_csv else [])
 
 
 def example(root: Path) -> dict:
@@ -91,4 +90,4 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, fingerprint=fingerprint, version="1", example=example))
+DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, sources=sources, version="1", example=example))

@@ -1,0 +1,70 @@
+"""A dataset's identity by content: the SHA-256 of every file a loader reads (labels, annotations,
+CSVs and images alike), so an edit that keeps a file's name, size and time still gives a new key.
+Hashing a CK+-sized tree (10,000 PNGs) costs about a second: `benchmarks/data_identity.py`."""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .problems import DatasetError
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every file under a dataset's roots, as its path (relative, prefixed by its root's name) and
+    the SHA-256 of its content."""
+
+    files: dict[str, str]
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            h.update(f"{name}\0{self.files[name]}\n".encode())
+        return h.hexdigest()[:16]
+
+    def changes(self, before: "Manifest", limit: int = 5) -> str:
+        """What changed since ``before``, in words ('2 files changed (a.csv, b.txt); 1 file added (c.png)'), '' when nothing did."""
+        old, new = before.files, self.files
+        kinds = {"changed": sorted(n for n in new.keys() & old.keys() if new[n] != old[n]),
+                 "added": sorted(new.keys() - old.keys()), "removed": sorted(old.keys() - new.keys())}
+        parts = []
+        for kind, names in kinds.items():
+            if names:
+                shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
+                parts.append(f"{len(names)} file{'s' if len(names) > 1 else ''} {kind} ({shown})")
+        return "; ".join(parts)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _files_under(root: Path) -> list[tuple[str, Path]]:
+    if root.is_file():
+        return [(root.name, root)]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(os.path.relpath(dirpath, root))
+        found += [((Path(root.name) / rel / f).as_posix(), Path(dirpath) / f) for f in sorted(filenames)]
+    return found
+
+
+def manifest(*roots: str | os.PathLike, threads: int | None = None) -> Manifest:
+    """Hash every file under ``roots`` (files or folders). Hashing releases the GIL, so threads
+    read and hash files in parallel."""
+    named = [item for root in roots for item in _files_under(Path(root))]
+
+    def digest(item: tuple[str, Path]) -> str:
+        try:
+            return file_sha256(item[1])
+        except OSError as e:
+            raise DatasetError(f"{item[1]}: cannot read ({e.strerror or e})") from None
+
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(digest, named))
+    return Manifest({name: d for (name, _), d in zip(named, digests)})
