@@ -50,7 +50,11 @@ class StudyReport:
 
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
-    """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
+    """Run every planned run that is not finished yet. Failures are recorded and the study goes on.
+    A device the machine lacks raises DeviceError before the study directory is made."""
+    from .train import require_device  # the training stack, imported only when a study runs
+
+    require_device(cfg.train.device)
     out = Path(cfg.output_dir)
     store = ResultStore(out)
     try:
