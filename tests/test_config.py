@@ -62,3 +62,56 @@ def test_all_shipped_configs_validate():
     for f in (ROOT / "configs").glob("*.yaml"):
         load_config(f)
         assert yaml.safe_load(f.read_text())
+
+
+def test_config_not_utf8_names_line_and_column_and_a_bom_stays_accepted(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"# \xc3\xa9tude\ntrain:\n  epochs: 2  # caf\xe9\n")  # UTF-8 'é' on line 1, Latin-1 'é' on line 3
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f} line 3: not UTF-8 (byte 0xE9 at column 19)"
+    f.write_bytes(b"\xef\xbb\xbftrain:\n  epochs: 2\n")
+    assert load_config(f).train.epochs == 2
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n", "# nothing yet\n", "null\n", "~\n"])
+def test_empty_config_is_refused_not_run_as_the_default_study(tmp_path, text):
+    f = tmp_path / "empty.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: the config is empty (to run the built-in default study, give no config)"
+
+
+@pytest.mark.parametrize(
+    "text,detail",
+    [
+        ("train:\n  epochs: 2\nseeds: [0]\ntrain:\n  lr: 0.1\n", "key 'train' is given twice (lines 1 and 4)"),
+        ("train:\n  epochs: 2\n  lr: 0.1\n\n\n\n  epochs: 3\n", "key 'epochs' is given twice (lines 2 and 7) under train"),
+        ("train: {epochs: 2, epochs: 3}\n", "key 'epochs' is given twice (line 1) under train"),
+        ("recipes:\n  - [{prune: {sparsity: 0.5}}]\n  - - prune:\n        sparsity: 0.5\n        sparsity: 0.6\n",
+         "key 'sparsity' is given twice (lines 4 and 5) under recipes.1.0.prune"),
+    ],
+)
+def test_key_given_twice_names_the_key_both_lines_and_where(tmp_path, text, detail):
+    f = tmp_path / "twice.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: {detail}"
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    f = tmp_path / "merge.yaml"
+    f.write_text("train:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 3\n")
+    cfg = load_config(f)
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
+
+
+def test_an_empty_recipe_is_refused_naming_its_line(tmp_path):
+    f = tmp_path / "recipes.yaml"
+    f.write_text("recipes:\n  - [{prune: {sparsity: 0.5}}]\n  - []\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert ("recipes.1 (line 3): an empty recipe is the fp32 baseline, which every study measures already; remove it"
+            in str(e.value))

@@ -14,6 +14,7 @@ from faircompress.data.export import write_image_folder
 from faircompress.data.problems import DatasetError
 from faircompress.data.registry import DATASETS, identify, load_dataset
 from faircompress.data.synthetic import SyntheticParams, generate
+from faircompress.data.tables import read_csv
 
 
 def _split_counts(ds):
@@ -248,6 +249,42 @@ def test_folder_paths_leading_outside_the_root_are_refused_and_listed(tmp_path):
     res = CliRunner().invoke(app, ["data", "check", "folder", str(root), "-p", "test_fraction=0.34", "-p", "val_fraction=0", "--no-cache"],
                              terminal_width=200)
     assert "path outside the dataset root: 3" in res.output and "../secret/private.png" in res.output
+
+
+# --- text that is not UTF-8 ------------------------------------------------------------------------
+def _spoil_line(path: Path, lineno: int) -> int:
+    """Appends a Latin-1 'é' (byte 0xE9) to line ``lineno`` of an ASCII file; returns its column."""
+    lines = path.read_bytes().split(b"\n")
+    lines[lineno - 1] = lines[lineno - 1].rstrip(b"\r") + b"\xe9"
+    path.write_bytes(b"\n".join(lines))
+    return len(lines[lineno - 1])
+
+
+def test_csv_not_utf8_names_file_line_and_column_and_a_bom_stays_accepted(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_bytes(b"\xef\xbb\xbfpath,label\r\n\xc3\xa4.png,happy\r\nb.png,caf\xe9\r\n")  # UTF-8 BOM and 'ä', then Latin-1 'é'
+    with pytest.raises(DatasetError) as e:
+        read_csv(f)
+    assert str(e.value) == f"{f} line 3: not UTF-8 (byte 0xE9 at column 10)"
+    f.write_bytes(b"\xef\xbb\xbfpath,label\r\n\xc3\xa4.png,happy\r\n")
+    assert read_csv(f)[0] == ["path", "label"] and read_csv(f)[1][0].values["path"] == "ä.png"
+
+
+def test_loader_text_files_not_utf8_name_file_line_and_column(tmp_path):
+    make_rafdb(tmp_path / "raf", train=6, test=2)
+    make_fer2013(tmp_path / "fer2013.csv", n=5)
+    make_ckplus(tmp_path / "CK+", subjects=4, sequences=2, frames=4)
+    cases = [("rafdb", tmp_path / "raf", tmp_path / "raf/EmoLabel/list_patition_label.txt", 3),
+             ("rafdb", tmp_path / "raf", tmp_path / "raf/Annotation/manual/train_00001_manu_attri.txt", 7),
+             ("fer2013", tmp_path / "fer2013.csv", tmp_path / "fer2013.csv", 4),
+             ("ckplus", tmp_path / "CK+", sorted((tmp_path / "CK+/Emotion").rglob("*_emotion.txt"))[0], 1)]
+    for name, root, spoilt, line in cases:
+        original = spoilt.read_bytes()
+        column = _spoil_line(spoilt, line)
+        with pytest.raises(DatasetError) as e:
+            load_dataset(name, {"root": root, **({"detector": "none"} if name == "ckplus" else {})})
+        assert str(e.value) == f"{spoilt} line {line}: not UTF-8 (byte 0xE9 at column {column})"
+        spoilt.write_bytes(original)
 
 
 # --- cache and `data check` ------------------------------------------------------------------------

@@ -71,6 +71,30 @@ def test_bad_config_exits_2_naming_the_field(tmp_path):
     assert "Traceback" not in res.output
 
 
+TINY_CONFIG = "dataset: {params: {subjects: 12, sequences: 18, peak_frames: 2, image_size: 16}}\nrecipes: []\n"
+
+
+@pytest.mark.parametrize(
+    "content,args,message",
+    [
+        (b"name: caf\xe9\n", [], "line 1: not UTF-8 (byte 0xE9 at column 10)"),
+        (b"# to do\n", [], "the config is empty (to run the built-in default study, give no config)"),
+        (b"seeds: [0]\nseeds: [1]\n", [], "key 'seeds' is given twice (lines 1 and 2)"),
+        (b"recipes: [[]]\n", [], "recipes.0 (line 1): an empty recipe is the fp32 baseline"),
+        (TINY_CONFIG.encode(), ["--device", "cuda"], "train.device is 'cuda' but this machine has no CUDA device"),
+    ],
+)
+def test_bad_inputs_exit_2_before_the_study_directory_is_made(tmp_path, monkeypatch, content, args, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tmp_path / "study.yaml"
+    cfg.write_bytes(content)
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "study"), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "study").exists()
+
+
 def test_corrupt_store_and_unwritable_output_exit_cleanly(tmp_path, tiny_overrides):
     study = Path(tiny_overrides["output_dir"])
     study.mkdir(parents=True)

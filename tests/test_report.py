@@ -170,3 +170,23 @@ def test_overall_disparity_leaves_out_groups_too_small_for_the_gap():
                        preds={"r0": pred})
     row = gap_table(res, n_boot=100).iloc[0]
     assert row.groups == 2 and row.gap == 0 and row.overall_disparity == 0
+
+
+def test_markdown_and_html_tables_escape_text_from_the_dataset():
+    import pandas as pd
+
+    from faircompress.report.build import _section
+    from faircompress.report.tables import markdown_table
+
+    hostile = ["a|b", "<script>alert(1)</script>", "x & y", "`code`", "two\nlines", "back\\|slash"]
+    df = pd.DataFrame({"group": hostile, "accuracy": [0.5, 1.25, -3.0, 0.0, 1e-5, np.nan], "gender: <i>a|b": 7})
+    lines = markdown_table(df, "accuracy by <b>group|x</b>").splitlines()
+    assert lines[0] == "### accuracy by &lt;b&gt;group\\|x&lt;/b&gt;"
+    assert lines[2] == "| group | accuracy | gender: &lt;i&gt;a\\|b |" and len(lines) == 4 + len(hostile)
+    for line in lines[2:]:  # once escapes are dropped, every row has exactly the pipes of its 3 columns
+        assert re.sub(r"\\.", "", line).count("|") == 4
+    cells = [line.split(" | ")[0].removeprefix("| ") for line in lines[4:]]
+    assert cells == ["a\\|b", "&lt;script&gt;alert(1)&lt;/script&gt;", "x &amp; y", "\\`code\\`", "two lines", "back\\\\\\|slash"]
+    assert [line.split(" | ")[1] for line in lines[4:]] == ["0.5", "1.25", "-3.0", "0.0", "1e-05", "–"]
+    html = _section("Accuracy per group", "note", df)  # the HTML report escapes through pandas
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "gender: &lt;i&gt;a|b" in html

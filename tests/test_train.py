@@ -3,10 +3,11 @@ import pytest
 import torch
 from conftest import TINY_DATA
 
-from faircompress.config import TrainConfig
+from faircompress.config import TrainConfig, load_config
 from faircompress.data.synthetic import SyntheticParams, generate
 from faircompress.models import build_model
-from faircompress.train import augment, fit, load_checkpoint, predict, resolve_precision, save_checkpoint
+from faircompress.train import (DeviceError, augment, fit, load_checkpoint, predict, require_device, resolve_device,
+                                resolve_precision, save_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,23 @@ def test_precision_resolution():
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+def test_cuda_on_a_machine_without_it_stops_before_the_study_directory_is_made(tmp_path, monkeypatch):
+    from faircompress.study import run_study
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(None, {"train.device": "cuda", "output_dir": str(tmp_path / "study"), "dataset.params": TINY_DATA,
+                             "recipes": []})  # the config itself stays valid on any machine
+    message = r"^train.device is 'cuda' but this machine has no CUDA device \(torch.cuda.is_available\(\) is False\); use --device cpu or auto$"
+    with pytest.raises(DeviceError, match=message):
+        run_study(cfg)
+    assert not (tmp_path / "study").exists()
+    with pytest.raises(DeviceError, match=message):
+        resolve_device("cuda")
+    require_device("cpu")
+    require_device("auto")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_bf16_autocast_trains_on_cpu(tiny):

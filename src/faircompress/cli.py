@@ -44,11 +44,14 @@ def run(
         overrides["dataset.params.root"] = str(data)
     if device is not None:
         overrides["train.device"] = device
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as e:
-        _fail(str(e))
+    cfg = _load(config, overrides)
     from .study import plan, run_study
+    from .train import DeviceError, require_device
+
+    try:
+        require_device(cfg.train.device)
+    except DeviceError as e:
+        _fail(str(e))
 
     console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
     from .binding import BindingError

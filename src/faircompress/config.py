@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.registry import DATASETS
+from .data.tables import decode_utf8
 
 
 class ConfigError(Exception):
@@ -110,6 +111,14 @@ def paper_grid(prune_levels: list[float], clusters: tuple[int, ...] = (4, 8, 16,
     return [[quant], *prune, *cluster, *[r + [quant] for r in prune], *[r + [quant] for r in cluster]]
 
 
+def _not_the_baseline(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not steps:  # the plan adds the empty recipe itself; listed, it would plan the same runs twice
+        raise ValueError("an empty recipe is the fp32 baseline, which every study measures already; remove it")
+    return steps
+
+
+RecipeSteps = Annotated[list[dict[str, Any]], AfterValidator(_not_the_baseline)]  # per recipe, so errors name its line
+
 CKPLUS_PRUNE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 RAFDB_PRUNE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -121,7 +130,7 @@ class StudyConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], description="one baseline is trained per seed")
-    recipes: list[list[dict[str, Any]]] = Field(
+    recipes: list[RecipeSteps] = Field(
         default_factory=lambda: paper_grid(CKPLUS_PRUNE_LEVELS), validate_default=True,
         description="compression recipes, each a list of steps, applied to every baseline (default: the paper's CK+ grid)",
     )
@@ -162,17 +171,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     root = None
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        try:
-            root = yaml.compose(text)
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of fields")
+        raw, root = _read_yaml(path)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -183,6 +182,49 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return StudyConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_describe(e, path, root)) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node]:
+    """A config file's mapping and its node tree (for line numbers). The file must be UTF-8 (a BOM
+    is fine), not empty, and give no key twice in one mapping."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    text = decode_utf8(data, path, ConfigError)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:  # no text, only comments, or a lone null: most likely a truncated or wrong file
+        raise ConfigError(f"{path}: the config is empty (to run the built-in default study, give no config)")
+    _refuse_duplicate_keys(path, root, "", set())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields")
+    return raw, root
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node, where: str, seen: set[int]) -> None:
+    """PyYAML silently keeps the last of a key given twice in one mapping; a config refuses it, at any depth."""
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = [(str(i), item) for i, item in enumerate(node.value)]
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":  # '<<' merges may override
+                line, first = key.start_mark.line + 1, lines.get((key.tag, key.value))
+                if first is not None:
+                    at = f"line {line}" if first == line else f"lines {first} and {line}"
+                    raise ConfigError(f"{path}: key {key.value!r} is given twice ({at})" + (f" under {where}" if where else ""))
+                lines[key.tag, key.value] = line
+            children.append((str(key.value), value))
+    for name, child in children:
+        _refuse_duplicate_keys(path, child, f"{where}.{name}" if where else name, seen)
 
 
 def _describe(err: ValidationError, path: Path | None, root: yaml.Node | None) -> str:

@@ -57,7 +57,10 @@ class StudyReport:
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     """Run every planned run that is not finished yet. Failures are recorded and the study goes on.
-    The dataset is loaded (and checked) before the study directory is created."""
+    The device is checked and the dataset loaded (and checked) before the study directory is created."""
+    from .train import require_device  # the training stack, imported only when a study runs
+
+    require_device(cfg.train.device)
     hooks = hooks or Hooks()
     ident = identify(cfg.dataset.name, cfg.dataset.params)
     data = load_identified(ident, default_cache_dir() if cfg.dataset.cache else None)

@@ -27,9 +27,20 @@ from .data.dataset import FaceDataset
 
 
 # ----------------------------------------------------------------------------- device and precision
-def resolve_device(name: str = "auto") -> torch.device:
+class DeviceError(Exception):
+    """The config asks for a device this machine lacks (checked when a study starts, not when a
+    config is validated: configs stay portable)."""
+
+
+def require_device(name: str) -> None:
+    """Stop before any work when ``train.device`` names a device this machine does not have."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but no CUDA device is available")
+        raise DeviceError("train.device is 'cuda' but this machine has no CUDA device (torch.cuda.is_available() is False); "
+                          "use --device cpu or auto")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    require_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -156,7 +156,19 @@ def write_tables(res: StudyResults, study_dir: Path, stats: pd.DataFrame | None 
 
 
 def markdown_table(df: pd.DataFrame, title: str) -> str:
-    cells = df.map(lambda v: "–" if pd.api.types.is_scalar(v) and pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
-    lines = [f"### {title}", "", "| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    """A Markdown table under a title. Cells, headers and title are escaped (`markdown_text`): group
+    and class names come from datasets and must not break the table or inject HTML."""
+    cells = df.map(lambda v: "–" if pd.api.types.is_scalar(v) and pd.isna(v) else markdown_text(v))  # pandas 3 keeps NaN in astype(str)
+    header = " | ".join(map(markdown_text, cells.columns))
+    lines = [f"### {markdown_text(title)}", "", f"| {header} |", "|" + "---|" * len(cells.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as text for one line of a Markdown table: line breaks become spaces; backslash, pipe
+    and backtick are backslash-escaped, and &, <, > become HTML entities."""
+    return " ".join(str(value).splitlines()).translate(_MARKDOWN_ESCAPES)

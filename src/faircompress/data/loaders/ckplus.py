@@ -22,6 +22,7 @@ from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import subject_split
+from ..tables import read_text
 
 CLASSES = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 LAYOUT = """CK+/
@@ -85,7 +86,7 @@ def load(p: CKPlusParams, report: LoadReport) -> FaceDataset:
 
 
 def _read_label(path: Path) -> int:
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    text = read_text(path).strip()
     try:
         value = float(text.split()[0])
     except (ValueError, IndexError):

@@ -5,6 +5,7 @@ come from a user CSV with an ``index`` column (the 0-based data row) and one col
 from __future__ import annotations
 
 import csv
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..dataset import FaceDataset
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, VAL
+from ..tables import text_lines
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE = {"training": TRAIN, "publictest": VAL, "privatetest": TEST}
@@ -43,8 +45,8 @@ def csv_path(root: Path) -> Path:
 def load(p: FER2013Params, report: LoadReport) -> FaceDataset:
     path = csv_path(p.root)
     images, labels, split = [], [], []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, skipinitialspace=True)
+    with closing(text_lines(path)) as lines:
+        reader = csv.reader(lines, skipinitialspace=True)
         header = [h.strip().lower() for h in next(reader, [])]
         missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
         if missing:

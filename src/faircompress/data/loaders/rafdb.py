@@ -16,6 +16,7 @@ from ..images import Preprocess, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, carve_val
+from ..tables import read_text
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]  # codes 1-7
 ATTRIBUTES = {  # the last three lines of each *_manu_attri.txt, in this order
@@ -61,7 +62,7 @@ def _read_label_list(label_file: Path) -> tuple[list[str], list[int], list[int]]
     """Image stems, 0-based labels and splits from list_patition_label.txt; bad lines name their line."""
     names, labels, split = [], [], []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(label_file).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -116,8 +117,7 @@ def _read_all_attributes(names: list[str], manual: Path, report: LoadReport) -> 
 
 
 def _read_attributes(path: Path) -> dict[str, int]:
-    text_lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-    lines = [(i, ln.strip()) for i, ln in enumerate(text_lines, start=1) if ln.strip()]
+    lines = [(i, ln.strip()) for i, ln in enumerate(read_text(path).splitlines(), start=1) if ln.strip()]
     if len(lines) < 3:
         raise DatasetError(f"{path}: {len(lines)} non-empty lines; expected landmarks then gender, race and age")
     out = {}
