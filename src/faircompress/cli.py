@@ -365,7 +365,7 @@ def data_check(
     path: Optional[Path] = typer.Argument(None, help="your copy of the dataset (its root folder or file)"),
     param: list[str] = typer.Option([], "--param", "-p", help="loader parameter as key=value (YAML value), repeatable"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping it"),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse (and write) the preprocessed cache"),
+    cache: bool = typer.Option(False, "--cache/--no-cache", help="use the prepared cache instead of reading every file (off: the check reads the files)"),
     show_all: bool = typer.Option(False, "--all", help="list every problem, not the first 10 of each kind"),
 ) -> None:
     """Load a dataset and print counts per split, class and group, and every problem found.

@@ -57,7 +57,12 @@ def _files_under(root: Path) -> list[tuple[str, Path]]:
 def manifest(*roots: str | os.PathLike, threads: int | None = None) -> Manifest:
     """Hash every file under ``roots`` (files or folders). Hashing releases the GIL, so threads
     read and hash files in parallel."""
-    named = [item for root in roots for item in _files_under(Path(root))]
+    named, seen = [], set()
+    for root in roots:
+        for name, path in _files_under(Path(root)):
+            if path.resolve() not in seen:  # a file under two roots (a CSV inside the image folder) counts once
+                seen.add(path.resolve())
+                named.append((name, path))
 
     def digest(item: tuple[str, Path]) -> str:
         try:
