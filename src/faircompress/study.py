@@ -62,8 +62,9 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
 
     require_device(cfg.train.device)
     hooks = hooks or Hooks()
-    ident = identify(cfg.dataset.name, cfg.dataset.params)
-    data = load_identified(ident, default_cache_dir() if cfg.dataset.cache else None)
+    cache = default_cache_dir() if cfg.dataset.cache else None
+    ident = identify(cfg.dataset.name, cfg.dataset.params, memo=cache / "digests.json" if cache else None)
+    data = load_identified(ident, cache)
     _check_unreadable(cfg, data, hooks)
     out = Path(cfg.output_dir)
     store = ResultStore(out)

@@ -1,9 +1,13 @@
 """A dataset's identity by content: the SHA-256 of every file a loader reads (labels, annotations,
 CSVs and images alike), so an edit that keeps a file's name, size and time still gives a new key.
-Hashing a CK+-sized tree (10,000 PNGs) costs about a second: `benchmarks/data_identity.py`."""
+
+Hashing a CK+-sized tree (10,000 PNGs, 2 GB) takes 5-11 s (`benchmarks/data_identity.py`), so an
+image's digest is remembered with its size, mtime and ctime (ctime changes on every write and
+cannot be set back) and reused while all three hold; label and annotation files are always read."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,9 +58,50 @@ def _files_under(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def manifest(*roots: str | os.PathLike, threads: int | None = None) -> Manifest:
-    """Hash every file under ``roots`` (files or folders). Hashing releases the GIL, so threads
-    read and hash files in parallel."""
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+class DigestMemo:
+    """Images' digests by (size, mtime, ctime), kept in one JSON file (best effort: a memo that
+    cannot be read or written only costs time)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        if path is not None and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def digest(self, path: Path) -> str:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or self.path is None:
+            return file_sha256(path)
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        key = str(path.resolve())
+        known = self.entries.get(key)
+        if known is not None and known[:3] == stamp:
+            return known[3]
+        digest = file_sha256(path)
+        self.entries[key] = [*stamp, digest]
+        return digest
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
+def manifest(*roots: str | os.PathLike, threads: int | None = None, memo: Path | None = None) -> Manifest:
+    """Hash every file under ``roots`` (files or folders); with ``memo`` (a JSON file), images whose
+    size, mtime and ctime are unchanged since they were last hashed are not read again. Hashing
+    releases the GIL, so threads read and hash files in parallel."""
     named, seen = [], set()
     for root in roots:
         for name, path in _files_under(Path(root)):
@@ -64,12 +109,16 @@ def manifest(*roots: str | os.PathLike, threads: int | None = None) -> Manifest:
                 seen.add(path.resolve())
                 named.append((name, path))
 
+    remembered = DigestMemo(memo)
+
     def digest(item: tuple[str, Path]) -> str:
         try:
-            return file_sha256(item[1])
+            return remembered.digest(item[1])
         except OSError as e:
             raise DatasetError(f"{item[1]}: cannot read ({e.strerror or e})") from None
 
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(digest, named))
+    if named:
+        remembered.save()
     return Manifest({name: d for (name, _), d in zip(named, digests)})

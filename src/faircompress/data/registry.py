@@ -53,12 +53,12 @@ def _validated(source: DatasetSource, params: BaseModel | dict | None) -> BaseMo
     return params if isinstance(params, source.params) else source.params.model_validate(params or {})
 
 
-def identify(name: str, params: BaseModel | dict | None = None) -> DatasetIdentity:
-    """Validate a dataset's parameters and hash the files it reads."""
+def identify(name: str, params: BaseModel | dict | None = None, memo: Path | None = None) -> DatasetIdentity:
+    """Validate a dataset's parameters and hash the files it reads (``memo``: see `identity.DigestMemo`)."""
     source = DATASETS.get(name)
     params = _validated(source, params)
     roots = [p for p in source.sources(params) if p.exists()] if source.sources else []
-    return DatasetIdentity(name, params, manifest(*roots))
+    return DatasetIdentity(name, params, manifest(*roots, memo=memo))
 
 
 def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: Path | None = None, strict: bool = False) -> FaceDataset:
@@ -68,7 +68,7 @@ def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: P
     params = _validated(source, params)
     if cache_dir is None or strict:
         return source.load(params, LoadReport(strict=strict))
-    return load_identified(identify(name, params), cache_dir)
+    return load_identified(identify(name, params, memo=Path(cache_dir) / "digests.json"), cache_dir)
 
 
 def load_identified(ident: DatasetIdentity, cache_dir: Path | None) -> FaceDataset:
