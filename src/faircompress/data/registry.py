@@ -11,6 +11,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from ..atomic import EnvironmentFault
 from ..registry import Registry
 from .dataset import FaceDataset
 from .problems import LoadReport
@@ -32,6 +33,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FAIRCOMPRESS_CACHE", Path.home() / ".cache" / "faircompress"))
 
 
+def _usable_cache_dir(folder: Path) -> Path:
+    """``folder``, made if missing; one that cannot hold the cache stops here, before a long load."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+        cause = "not writable"
+    except OSError as e:
+        cause = "not a folder" if isinstance(e, FileExistsError) else e.strerror
+    raise EnvironmentFault(f"{folder}: cannot use as the dataset cache ({cause}); set FAIRCOMPRESS_CACHE to a writable folder")
+
+
 def cache_key(name: str, params: BaseModel) -> str:
     source = DATASETS.get(name)
     blob = {"name": name, "version": source.version, "params": params.model_dump(mode="json")}
@@ -48,7 +61,7 @@ def load_dataset(name: str, params: BaseModel | dict | None = None, cache_dir: P
         params = source.params.model_validate(params or {})
     if cache_dir is None or strict:
         return source.load(params, LoadReport(strict=strict))
-    path = Path(cache_dir) / f"{name}-{cache_key(name, params)}.npz"
+    path = _usable_cache_dir(Path(cache_dir)) / f"{name}-{cache_key(name, params)}.npz"
     if path.exists():
         try:
             return FaceDataset.load_npz(path)
