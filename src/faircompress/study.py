@@ -5,11 +5,12 @@ import fcntl
 import platform
 import subprocess
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import EnvironmentFault, remove_leftovers, write_text_atomic
 from .config import StudyConfig, dump_config
 from .data.dataset import FaceDataset
 from .data.registry import DATASETS, cache_key, default_cache_dir, load_dataset
@@ -50,7 +51,8 @@ class StudyReport:
 
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
-    """Run every planned run that is not finished yet. Failures are recorded and the study goes on."""
+    """Run every planned run that is not finished yet. Failures are recorded and the study goes on,
+    except an `EnvironmentFault` (e.g. a full disk), which stops it; a rerun resumes."""
     out = Path(cfg.output_dir)
     store = ResultStore(out)
     try:
@@ -77,9 +79,8 @@ def study_lock(out: Path) -> Iterator[None]:
 
 
 def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -> StudyReport:
-    tmp = out / "config.yaml.tmp"
-    tmp.write_text(dump_config(cfg))
-    tmp.replace(out / "config.yaml")
+    remove_leftovers(out)  # partial files of a run killed mid-write
+    write_text_atomic(out / "config.yaml", dump_config(cfg))
     stale = stale_protocol(store.protocol())
     if stale:
         raise StoreError(f"{out}: the runs in this study were {stale}. Run into a new directory (--out), or move "
@@ -104,6 +105,10 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore) -
             result = _execute(cfg, run, data, out, hooks)
             result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(run.run_id, result)
+        except EnvironmentFault as e:  # a full disk fails every later run too: stop, recorded if the store still can
+            with suppress(EnvironmentFault):
+                store.fail_run(run.run_id, f"{type(e).__name__}: {e}")
+            raise
         except Exception as e:  # a failed run is recorded; the study carries on
             msg = f"{type(e).__name__}: {e}"
             store.fail_run(run.run_id, msg + "\n" + traceback.format_exc(limit=8))
