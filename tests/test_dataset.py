@@ -23,7 +23,7 @@ def test_npz_round_trip(tmp_path):
     assert np.array_equal(back.images, ds.images) and back.class_names == ds.class_names
     assert np.array_equal(back.attributes["gender"], ds.attributes["gender"])
     assert list(back.subjects) == list(ds.subjects) and back.attribute_groups == ds.attribute_groups
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial-*"))
 
 
 def test_subset_and_counts():

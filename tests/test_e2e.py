@@ -41,7 +41,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     assert set(runs.seed) == {0, 1}
     assert (study / runs.artefact[0]).is_file() and str(runs.artefact[0]).endswith(".safetensors")
     assert str(runs.artefact[2]).endswith(".onnx")  # the fp32 export of each baseline is measured too
-    assert not list(study.rglob("*.tmp")) and not list(study.rglob("train_state*"))
+    assert not list(study.rglob("*.partial-*")) and not list(study.rglob("train_state*"))
     m = store.metrics()
     n_test = int(m.query("metric == 'n_test'").value.iloc[0])
     assert len(store.predictions(runs.run_id[0])) == n_test
@@ -105,7 +105,7 @@ def test_corrupt_store_and_unwritable_output_exit_cleanly(tmp_path, tiny_overrid
     blocker = tmp_path / "file"
     blocker.write_text("x")
     res = runner.invoke(app, ["run", str(cfg), "--out", str(blocker / "study")])
-    assert res.exit_code == 2 and "cannot write" in res.output
+    assert res.exit_code == 1 and "cannot write" in res.output  # the machine, not the input
     res = runner.invoke(app, ["show", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "no results store" in res.output
 
@@ -173,7 +173,7 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
     assert n_runs == (6, 6)  # 3 baselines and their 3 fp32 exports, each exactly once
     assert len(preds) == 6 and all(n == d for _, n, d in preds)
     assert all(n == 3 for _, n in epochs)  # the resumed run kept the epochs it had finished
-    assert not list(study.rglob("*.tmp"))
+    assert not list(study.rglob("*.partial-*"))
 
 
 def test_second_process_on_the_same_study_is_refused(tmp_path, tiny_overrides):

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .atomic import EnvironmentFault
 from .config import ConfigError, load_config
 from .store import ResultStore, StoreError
 
@@ -19,12 +20,17 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2        # bad input: the config, the data, the store
+EXIT_ENVIRONMENT = 1  # the machine: a full disk, a read-only or unwritable folder
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _fail_on(e: Exception) -> None:
+    _fail(str(e), EXIT_ENVIRONMENT if isinstance(e, EnvironmentFault) else EXIT_USAGE)
 
 
 @app.command()
@@ -60,10 +66,10 @@ def run(
     try:
         with _RichHooks(cfg.train.epochs) as hooks:
             report = run_study(cfg, hooks)
-    except (StoreError, DatasetError, BindingError) as e:
-        _fail(str(e))
-    console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
-    _show(Path(cfg.output_dir))
+        console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
+        _show(Path(cfg.output_dir))
+    except (StoreError, DatasetError, BindingError, EnvironmentFault) as e:
+        _fail_on(e)
     _report(Path(cfg.output_dir), n_boot=1000)
     if report.failed:
         raise typer.Exit(1)
@@ -84,8 +90,8 @@ def _report(study_dir: Path, n_boot: int) -> None:
     try:
         with console.status("report ...") as status:
             rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."))
-    except StoreError as e:
-        _fail(str(e))
+    except (StoreError, EnvironmentFault) as e:
+        _fail_on(e)
     for line in rep.missing:
         err.print(f"[yellow]missing:[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"report: {rep.html}  ({len(rep.figures)} figures; tables in {rep.html.parent / 'tables'})")
@@ -96,8 +102,8 @@ def show(study_dir: Path = typer.Argument(..., help="a study directory (holds re
     """Print a study's results tables."""
     try:
         _show(study_dir)
-    except StoreError as e:
-        _fail(str(e))
+    except (StoreError, EnvironmentFault) as e:
+        _fail_on(e)
 
 
 @app.command()
@@ -277,8 +283,11 @@ def power(
     runs = plan(cfg)
     variants = len({r.recipe.key() for r in runs if r.recipe is not None and not r.recipe.is_reference})
     ds_params = DATASETS.get(cfg.dataset.name).params.model_validate(cfg.dataset.params)
-    with console.status("loading the dataset ..."):
-        ds = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
+    try:
+        with console.status("loading the dataset ..."):
+            ds = load_dataset(cfg.dataset.name, ds_params, default_cache_dir() if cfg.dataset.cache else None)
+    except EnvironmentFault as e:
+        _fail_on(e)
     test = ds.indices("test")
     attrs = {a: (codes[test], len(ds.attribute_groups[a])) for a, codes in ds.attributes.items()}
     tests = max(variants * len(attrs), 1)
@@ -354,8 +363,10 @@ def data_synth(
     ds = generate(p)
     try:
         n = write_image_folder(ds, out)
-    except OSError as e:
-        _fail(f"{out}: cannot write ({e.strerror or e})")
+    except EnvironmentFault as e:
+        _fail_on(e)
+    except OSError as e:  # e.g. a file where a folder of the output should be
+        _fail(f"{out}: cannot write ({e.strerror or e})", EXIT_ENVIRONMENT)
     console.print(f"wrote {n} images and labels.csv to {out}")
 
 
@@ -399,7 +410,9 @@ def data_check(
         with console.status(f"loading {name} ..."):
             ds = load_dataset(name, params, default_cache_dir() if cache else None, strict=strict)
     except DatasetError as e:
-        _fail(str(e), 1)
+        _fail(str(e), 1)  # an unusable dataset: see the docstring
+    except EnvironmentFault as e:
+        _fail_on(e)
     _print_check(ds, report_of(ds), show_all)
     unusable = _unusable(ds)
     for reason in unusable:

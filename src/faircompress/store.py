@@ -17,6 +17,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from .atomic import EnvironmentFault
+
 SCHEMA_VERSION = 3
 _METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), metric TEXT NOT NULL, attribute TEXT NOT NULL DEFAULT '',
@@ -62,6 +64,19 @@ class StoreError(Exception):
     """The results store cannot be opened or used; the message says why and where."""
 
 
+class StoreWriteError(StoreError, EnvironmentFault):
+    """The machine refused the store a write (full disk, read-only or unwritable folder); the file itself is fine."""
+
+
+_WRITE_FAULTS = {"disk is full": "disk full", "disk I/O error": "I/O error", "unable to open": "cannot open the file",
+                 "readonly": "read-only"}  # sqlite's messages for SQLITE_FULL, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_READONLY
+
+
+def _write_fault(path: Path, e: sqlite3.Error) -> StoreWriteError | None:
+    cause = next((c for fragment, c in _WRITE_FAULTS.items() if fragment in str(e)), None)
+    return StoreWriteError(f"{path}: cannot write the results store ({cause})") if cause else None
+
+
 @dataclass
 class RunResult:
     """Everything a finished run writes, in one transaction."""
@@ -102,9 +117,10 @@ class ResultStore:
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             found = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: not a usable results store ({e}); move it aside to start afresh") from None
+            fault = _write_fault(self.path, e)  # the machine refused a write: the file itself may be fine
+            raise fault or StoreError(f"{self.path}: not a usable results store ({e}); move it aside to start afresh") from None
         except OSError as e:
-            raise StoreError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
+            raise StoreWriteError(f"{self.path.parent}: cannot write the study directory ({e.strerror or e})") from None
         if found == "1":
             self._migrate_from_v1()
             found = "2"
@@ -167,14 +183,21 @@ class ResultStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """All or nothing; a write the machine refuses (e.g. a full disk) is rolled back and raised as `StoreWriteError`."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # sqlite may have rolled back already
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            fault = _write_fault(self.path, e)
+            if fault is None:
+                raise
+            raise fault from e
 
     # --- runs ------------------------------------------------------------
     def status(self, run_id: str) -> str | None:

@@ -6,12 +6,13 @@ import json
 import platform
 import subprocess
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .artefacts import check_artefacts
+from .atomic import EnvironmentFault, remove_leftovers, write_text_atomic
 from .binding import BindingError, StudyBinding, binding_for, refusal
 from .config import StudyConfig, dump_config
 from .data.common import unreadable
@@ -56,7 +57,8 @@ class StudyReport:
 
 
 def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
-    """Run every planned run that is not finished yet. Failures are recorded and the study goes on.
+    """Run every planned run that is not finished yet. Failures are recorded and the study goes on,
+    except an `EnvironmentFault` (e.g. a full disk), which stops it; a rerun resumes.
     The device is checked and the dataset loaded (and checked) before the study directory is created."""
     from .train import require_device  # the training stack, imported only when a study runs
 
@@ -93,10 +95,9 @@ def study_lock(out: Path) -> Iterator[None]:
 
 def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, ident: DatasetIdentity,
                 data: FaceDataset) -> StudyReport:
+    remove_leftovers(out)  # partial files of a run killed mid-write
     _check_study(cfg, out, store, ident, data)
-    tmp = out / "config.yaml.tmp"
-    tmp.write_text(dump_config(cfg))
-    tmp.replace(out / "config.yaml")
+    write_text_atomic(out / "config.yaml", dump_config(cfg))
     store.set_protocol(PROTOCOL_VERSION)
     runs = plan(cfg)
     damaged = _damaged_artefacts(store, out, hooks)
@@ -119,6 +120,10 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
             result.artefact_sha256 = file_sha256(result.artefact)
             result.artefact = str(Path(result.artefact).relative_to(out))
             store.finish_run(run.run_id, result)
+        except EnvironmentFault as e:  # a full disk fails every later run too: stop, recorded if the store still can
+            with suppress(EnvironmentFault):
+                store.fail_run(run.run_id, f"{type(e).__name__}: {e}")
+            raise
         except Exception as e:  # a failed run is recorded; the study carries on
             msg = f"{type(e).__name__}: {e}"
             store.fail_run(run.run_id, msg + "\n" + traceback.format_exc(limit=8))

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
+
 OPSET = 17
 INPUT, OUTPUT = "pixels", "logits"
 
@@ -31,19 +33,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     stored file. ONNX Runtime fuses BatchNorm when it loads the model, so inference speed is unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     module = _Half(model) if fp16 else model
     dummy = torch.zeros(1, *input_shape)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             module, (dummy,), str(tmp), dynamo=False, external_data=False, opset_version=OPSET,
             input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             do_constant_folding=False,
         )
-    os.replace(tmp, path)
     if fp16:
         model.float()
     return path

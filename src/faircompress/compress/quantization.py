@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 from pydantic import Field
 
+from ..atomic import atomic_path, partial_path
 from ..evaluate.size import KERNEL_MIN_ELEMENTS
 from .recipes import STEPS, ExportStep, StepParams
 
@@ -113,32 +114,29 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibra
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     dst = Path(dst)
-    pre = dst.with_name(dst.name + ".pre.onnx")
+    pre = partial_path(dst.with_name(dst.name + ".pre.onnx"))  # named so that a killed run's copy is a leftover
     try:
-        with _quiet_ort():
+        with atomic_path(dst) as tmp, _quiet_ort():
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(
-                str(pre), str(dst) + ".tmp", _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                 weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
             )
     finally:
         pre.unlink(missing_ok=True)
-    os.replace(str(dst) + ".tmp", dst)
 
 
 def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ORT's CPU ConvInteger takes uint8 weights only, so weights are uint8 here
-    with _quiet_ort():
-        quantize_dynamic(str(src), str(dst) + ".tmp", weight_type=QuantType.QUInt8, per_channel=False)
-    os.replace(str(dst) + ".tmp", dst)
+    with atomic_path(dst) as tmp, _quiet_ort():
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QUInt8, per_channel=False)
 
 
 def _save(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
-    tmp = str(dst) + ".tmp"
-    onnx.save_model(model, tmp, save_as_external_data=False)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
 
 # ----------------------------------------------------------------------------- recipe step
 
@@ -172,4 +170,5 @@ class QuantizeStep(ExportStep):
         else:
             import shutil
 
-            shutil.copyfile(src, dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)

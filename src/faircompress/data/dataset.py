@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 SPLITS = ("train", "val", "test")
 UNKNOWN = -1  # attribute code for "unknown" / "unsure": counts toward overall metrics only
@@ -105,8 +106,6 @@ class FaceDataset:
     # --- cache -------------------------------------------------------------
     def save_npz(self, path: str | os.PathLike) -> None:
         """Write atomically (temp name, then rename), uncompressed for fast reloads."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {
             "images": self.images,
             "labels": self.labels,
@@ -121,14 +120,8 @@ class FaceDataset:
         for attr in self.attributes:
             arrays[f"attr__{attr}"] = self.attributes[attr]
             arrays[f"groups__{attr}"] = np.array(self.attribute_groups[attr])
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a name
+            np.savez(fh, **arrays)
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike) -> "FaceDataset":

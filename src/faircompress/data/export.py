@@ -7,33 +7,31 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import atomic_path
 from .dataset import SPLITS, UNKNOWN, FaceDataset
 
 
 def write_image_folder(ds: FaceDataset, out: str | os.PathLike) -> int:
     """PNGs under ``images/<split>/`` and ``labels.csv`` (path, label, label_name, subject, split, attributes).
 
-    The CSV is written last, under a temp name then renamed, so its presence means a complete folder.
+    Every file is written under a temp name then renamed; the CSV last, so its presence means a complete folder.
     """
     out = Path(out)
     attrs = list(ds.attributes)
     rows = []
-    for split in SPLITS:
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
     for i in range(len(ds)):
         split = SPLITS[ds.split[i]]
         rel = f"images/{split}/{i:06d}.png"
         img = ds.images[i].transpose(1, 2, 0)  # (H, W, C)
-        Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(out / rel)
+        with atomic_path(out / rel) as tmp:
+            Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(tmp, format="PNG")
         row = [rel, int(ds.labels[i]), ds.class_names[ds.labels[i]], ds.subjects[i], split]
         for a in attrs:
             code = int(ds.attributes[a][i])
             row.append("unknown" if code == UNKNOWN else ds.attribute_groups[a][code])
         rows.append(row)
-    tmp = out / "labels.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "label_name", "subject", "split", *attrs])
         w.writerows(rows)
-    os.replace(tmp, out / "labels.csv")
     return len(rows)

@@ -10,9 +10,11 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import EnvironmentFault, write_text_atomic
 from .problems import DatasetError
 
 
@@ -90,12 +92,8 @@ class DigestMemo:
     def save(self) -> None:
         if self.path is None:
             return
-        try:
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries))
-            tmp.replace(self.path)
-        except OSError:
-            pass
+        with suppress(EnvironmentFault):
+            write_text_atomic(self.path, json.dumps(self.entries))
 
 
 def manifest(*roots: str | os.PathLike, threads: int | None = None, memo: Path | None = None) -> Manifest:

@@ -11,6 +11,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from ..atomic import EnvironmentFault
 from ..registry import Registry
 from .dataset import FaceDataset
 from .identity import Manifest, manifest
@@ -31,6 +32,18 @@ DATASETS: Registry[DatasetSource] = Registry("dataset", "faircompress.data.loade
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FAIRCOMPRESS_CACHE", Path.home() / ".cache" / "faircompress"))
+
+
+def _usable_cache_dir(folder: Path) -> Path:
+    """``folder``, made if missing; one that cannot hold the cache stops here, before a long load."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+        cause = "not writable"
+    except OSError as e:
+        cause = "not a folder" if isinstance(e, FileExistsError) else e.strerror
+    raise EnvironmentFault(f"{folder}: cannot use as the dataset cache ({cause}); set FAIRCOMPRESS_CACHE to a writable folder")
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,7 @@ def load_identified(ident: DatasetIdentity, cache_dir: Path | None) -> FaceDatas
     source = DATASETS.get(ident.name)
     if cache_dir is None:
         return source.load(ident.params, LoadReport())
-    path = Path(cache_dir) / f"{ident.name}-{ident.key}.npz"
+    path = _usable_cache_dir(Path(cache_dir)) / f"{ident.name}-{ident.key}.npz"
     if path.exists():
         try:
             return FaceDataset.load_npz(path)

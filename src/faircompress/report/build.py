@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text_atomic
 from ..compress.recipes import REFERENCE_LABEL
 from ..plan import stale_protocol
 from ..evaluate.size import is_kernel
@@ -47,7 +48,6 @@ def write_report(study_dir: str | Path, n_boot: int = 1000, seed: int = 0, progr
 
 def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress) -> Report:
     out_tables, out_figs = study_dir / "tables", study_dir / "figures"
-    out_tables.mkdir(exist_ok=True)
     report = Report(html=study_dir / "report.html")
     runs = store.runs()
     report.missing += [f"failed: {r.label}: {str(r.error).splitlines()[-1] if r.error else '?'}" for r in runs[runs.status == "failed"].itertuples()]
@@ -63,7 +63,7 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
         say("figures")
         report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir)
         sections = _sections(res, report.tables, report.figures)
-    report.html.write_text(_html(_header(runs, res), report.missing, sections), encoding="utf-8")
+    write_text_atomic(report.html, _html(_header(runs, res), report.missing, sections))
     return report
 
 
@@ -169,9 +169,9 @@ def _initializers(study_dir: Path, artefact: str | None) -> dict[str, np.ndarray
 
 # ----------------------------------------------------------------------------- files
 def write_table(df: pd.DataFrame, out: Path, name: str) -> None:
-    df.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(markdown_table(df, name) if not df.empty else f"### {name}\n\n(empty)\n", encoding="utf-8")
-    (out / f"{name}.tex").write_text(to_booktabs(df), encoding="utf-8")
+    write_text_atomic(out / f"{name}.csv", df.to_csv(index=False))
+    write_text_atomic(out / f"{name}.md", markdown_table(df, name) if not df.empty else f"### {name}\n\n(empty)\n")
+    write_text_atomic(out / f"{name}.tex", to_booktabs(df))
 
 
 def to_booktabs(df: pd.DataFrame, digits: int = 3) -> str:

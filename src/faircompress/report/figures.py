@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from .results import StudyResults
 
 
@@ -22,10 +23,12 @@ def _plt():
 
 
 def save(fig, out: Path, name: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
-    _plt().close(fig)
+    try:
+        for fmt, extra in (("png", {"dpi": 110}), ("svg", {})):
+            with atomic_path(out / f"{name}.{fmt}") as tmp:
+                fig.savefig(tmp, format=fmt, bbox_inches="tight", **extra)
+    finally:
+        _plt().close(fig)
     return out / f"{name}.png"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text_atomic
 from .analysis import gap_groups, group_accuracies, model_gaps
 from .results import MB, StudyResults
 
@@ -137,7 +138,6 @@ def write_tables(res: StudyResults, study_dir: Path, stats: pd.DataFrame | None 
     if stats.empty:
         return []
     out = Path(study_dir) / "tables"
-    out.mkdir(parents=True, exist_ok=True)
     files = {
         "results.csv": variant_table(stats).to_csv(index=False),
         "results.md": markdown_table(paper_table(stats), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
@@ -146,13 +146,7 @@ def write_tables(res: StudyResults, study_dir: Path, stats: pd.DataFrame | None 
     fails = failed_runs(res)
     if not fails.empty:
         files["results.md"] += "\n" + markdown_table(fails, "Failed runs")
-    written = []
-    for name, text in files.items():
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
-        written.append(out / name)
-    return written
+    return [write_text_atomic(out / name, text) for name, text in files.items()]
 
 
 def markdown_table(df: pd.DataFrame, title: str) -> str:
