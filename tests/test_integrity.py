@@ -51,6 +51,12 @@ def test_a_changed_plan_is_refused_naming_the_fields_and_additions_are_allowed(f
     assert (study / "config.yaml").read_text() == before  # nothing in the study changed
     res = _run(_config(tmp_path / "more.yaml", {**over, "seeds": [0, 1], "train.device": "cpu", "evaluation.latency": False}))
     assert res.exit_code == 0, res.output  # a new seed is more of the same question; device and latency change nothing
+    from faircompress.report.results import load_results
+
+    store = ResultStore.open_existing(study)
+    reference = load_results(store).reference
+    assert len(reference.run_ids) == 2  # one per seed: seed 0's export measured again without latency is not a repeat
+    store.close()
 
 
 def test_a_dataset_edited_in_place_is_refused_naming_the_file(folder_study, tmp_path):

@@ -139,7 +139,11 @@ def _predictions(store: ResultStore, sample_ids: np.ndarray, run_ids: set[str]) 
 
 
 def _variants(finished: pd.DataFrame) -> list[Variant]:
+    """Variants in plan order. A recipe run again on the same baseline and repeat with other
+    measurement settings (latency on or off) counts once, as its newest run: never as a repeat."""
     v = finished[finished.kind == "variant"]
+    v = v.sort_values("finished_at", kind="stable").drop_duplicates(["baseline_id", "recipe_key", "repeat"], keep="last")
+    v = v.sort_values("started_at", kind="stable")
     out = []
     for key, rows in v.groupby("recipe_key", sort=False):
         first = rows.iloc[0]
