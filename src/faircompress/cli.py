@@ -203,7 +203,7 @@ def _print_frame(df, title: str) -> None:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(df.columns):
         t.add_column(str(c), justify="left" if i == 0 else "right")
-    for row in df.astype(str).itertuples(index=False):
+    for row in df.astype(object).where(df.notna(), "–").astype(str).itertuples(index=False):
         t.add_row(*row)
     console.print(t)
 
