@@ -8,29 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from faircompress.cli import app
 from faircompress.store import ResultStore
+from fakes import write_config
 
 runner = CliRunner()
 
 
-def _write_config(path: Path, overrides: dict) -> Path:
-    cfg: dict = {}
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
-    cfg = _write_config(tmp_path / "study.yaml", {**tiny_overrides, "seeds": [0, 1]})
+    cfg = write_config(tmp_path / "study.yaml", {**tiny_overrides, "seeds": [0, 1]})
     res = runner.invoke(app, ["run", str(cfg)])
     assert res.exit_code == 0, res.output
     assert "accuracy (%) by gender" in res.output and "female" in res.output and "skin_tone" in res.output
@@ -56,7 +46,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
 
 
 def test_test_selection_is_labelled_as_leaking(tmp_path, tiny_overrides):
-    cfg = _write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.selection": "test", "train.epochs": 1})
+    cfg = write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.selection": "test", "train.epochs": 1})
     res = runner.invoke(app, ["run", str(cfg)], terminal_width=200)
     assert res.exit_code == 0, res.output
     assert "leaks test data" in res.output
@@ -99,7 +89,7 @@ def test_corrupt_store_and_unwritable_output_exit_cleanly(tmp_path, tiny_overrid
     study = Path(tiny_overrides["output_dir"])
     study.mkdir(parents=True)
     (study / "results.sqlite").write_bytes(b"garbage" * 200)
-    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    cfg = write_config(tmp_path / "s.yaml", tiny_overrides)
     res = runner.invoke(app, ["run", str(cfg)])
     assert res.exit_code == 2 and "not a usable results store" in res.output
     blocker = tmp_path / "file"
@@ -134,7 +124,7 @@ def _params(tmp_path):
 @pytest.mark.slow
 def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrides):
     overrides = {**tiny_overrides, "seeds": [0, 1, 2], "train.epochs": 3, "dataset.params": {**tiny_overrides["dataset.params"], "image_size": 32}}
-    cfg = _write_config(tmp_path / "s.yaml", overrides)
+    cfg = write_config(tmp_path / "s.yaml", overrides)
     study = Path(overrides["output_dir"])
     db = study / "results.sqlite"
     cmd = [sys.executable, "-m", "faircompress.cli", "run", str(cfg)]
@@ -181,7 +171,7 @@ def test_second_process_on_the_same_study_is_refused(tmp_path, tiny_overrides):
 
     study = Path(tiny_overrides["output_dir"])
     study.mkdir(parents=True)
-    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    cfg = write_config(tmp_path / "s.yaml", tiny_overrides)
     with study_lock(study):
         res = runner.invoke(app, ["run", str(cfg)])
     assert res.exit_code == 2 and "another faircompress process" in res.output
@@ -236,7 +226,7 @@ def test_a_study_made_under_an_older_protocol_is_refused_with_the_reason(tiny_ov
     store = ResultStore(study)
     store.set_protocol(PROTOCOL_VERSION - 1)
     store.close()
-    cfg = _write_config(tmp_path / "s.yaml", tiny_overrides)
+    cfg = write_config(tmp_path / "s.yaml", tiny_overrides)
     res = runner.invoke(app, ["run", str(cfg)], terminal_width=300)
     assert res.exit_code == 2 and f"protocol {PROTOCOL_VERSION - 1}" in res.output and "BatchNorm follows Keras" in res.output
     assert "new directory" in res.output

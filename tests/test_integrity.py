@@ -1,30 +1,18 @@
 """A study is bound to one dataset and one plan; artefacts are checked; nothing is lost silently."""
-import json
 import sqlite3
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from faircompress.cli import app
 from faircompress.data.examples import make_folder
 from faircompress.store import ResultStore
+from fakes import write_config
 
 runner = CliRunner()
 
 
-def _config(path: Path, overrides: dict) -> Path:
-    cfg: dict = {}
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _run(cfg: Path, *args: str):
@@ -36,7 +24,7 @@ def folder_study(tmp_path, tiny_overrides):
     """A tiny study on a file dataset (the generic folder layout), trained once."""
     make_folder(tmp_path / "faces")
     over = {**tiny_overrides, "train.epochs": 1, "dataset.name": "folder", "dataset.params": {"root": str(tmp_path / "faces"), "image_size": 16}}
-    cfg = _config(tmp_path / "study.yaml", over)
+    cfg = write_config(tmp_path / "study.yaml", over)
     res = _run(cfg)
     assert res.exit_code == 0, res.output
     return cfg, over, Path(over["output_dir"])
@@ -45,11 +33,11 @@ def folder_study(tmp_path, tiny_overrides):
 def test_a_changed_plan_is_refused_naming_the_fields_and_additions_are_allowed(folder_study, tmp_path):
     cfg, over, study = folder_study
     before = (study / "config.yaml").read_text()
-    res = _run(_config(tmp_path / "edited.yaml", {**over, "train.epochs": 3, "train.lr": 0.001}))
+    res = _run(write_config(tmp_path / "edited.yaml", {**over, "train.epochs": 3, "train.lr": 0.001}))
     assert res.exit_code == 2, res.output
     assert "train.epochs: 1 -> 3" in res.output and "train.lr: 0.0005 -> 0.001" in res.output and "--out" in res.output
     assert (study / "config.yaml").read_text() == before  # nothing in the study changed
-    res = _run(_config(tmp_path / "more.yaml", {**over, "seeds": [0, 1], "train.device": "cpu", "evaluation.latency": False}))
+    res = _run(write_config(tmp_path / "more.yaml", {**over, "seeds": [0, 1], "train.device": "cpu", "evaluation.latency": False}))
     assert res.exit_code == 0, res.output  # a new seed is more of the same question; device and latency change nothing
     from faircompress.report.results import load_results
 
@@ -131,16 +119,16 @@ def test_unreadable_images_are_counted_per_split_and_stop_the_study_above_the_li
     bad = sorted((tmp_path / "faces").rglob("*.png"))[0]
     bad.write_bytes(b"not a png")
     over = {**tiny_overrides, "train.epochs": 1, "dataset.name": "folder", "dataset.params": {"root": str(tmp_path / "faces")}}
-    res = _run(_config(tmp_path / "s.yaml", over))
+    res = _run(write_config(tmp_path / "s.yaml", over))
     assert res.exit_code == 2 and "could not be read, more than dataset.max_unreadable (1.0%)" in res.output, res.output
     assert not Path(over["output_dir"]).exists()  # refused before the study directory is made
-    res = _run(_config(tmp_path / "s.yaml", {**over, "dataset.max_unreadable": 0.5}))
+    res = _run(write_config(tmp_path / "s.yaml", {**over, "dataset.max_unreadable": 0.5}))
     assert res.exit_code == 0 and "(1 unreadable)" in res.output, res.output
 
 
 def test_a_bad_dataset_path_leaves_no_study_folder(tmp_path, tiny_overrides):
     over = {**tiny_overrides, "dataset.name": "rafdb", "dataset.params": {"root": str(tmp_path / "nowhere")}}
-    res = _run(_config(tmp_path / "s.yaml", over))
+    res = _run(write_config(tmp_path / "s.yaml", over))
     assert res.exit_code == 2 and "nowhere" in res.output and "Traceback" not in res.output
     assert not Path(over["output_dir"]).exists()
 
@@ -148,5 +136,5 @@ def test_a_bad_dataset_path_leaves_no_study_folder(tmp_path, tiny_overrides):
 def test_run_no_cache_reads_the_files(tmp_path, tiny_overrides, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FAIRCOMPRESS_CACHE", str(cache))
-    res = _run(_config(tmp_path / "s.yaml", {**tiny_overrides, "train.epochs": 1}), "--no-cache")
+    res = _run(write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.epochs": 1}), "--no-cache")
     assert res.exit_code == 0 and not list(cache.glob("*.npz")), res.output
