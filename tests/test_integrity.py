@@ -138,3 +138,73 @@ def test_run_no_cache_reads_the_files(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.setenv("FAIRCOMPRESS_CACHE", str(cache))
     res = _run(write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.epochs": 1}), "--no-cache")
     assert res.exit_code == 0 and not list(cache.glob("*.npz")), res.output
+
+
+def test_an_old_study_is_adopted_only_when_every_dataset_and_config_fits_and_refusal_writes_nothing(folder_study):
+    cfg, over, study = folder_study
+    with sqlite3.connect(study / "results.sqlite") as c:  # as a schema-2 store holding two datasets: runs know none
+        c.execute("DELETE FROM meta WHERE key = 'binding'")
+        c.execute("UPDATE runs SET dataset_key = NULL")
+        c.execute("INSERT INTO datasets VALUES ('zz-other', 'folder', '[]', '{}')")  # after the matching one
+        c.execute("INSERT INTO samples VALUES ('zz-other', 0, 's', 0, '{}')")
+        before = c.execute("SELECT run_id, dataset_key FROM runs").fetchall()
+    res = _run(cfg)
+    assert res.exit_code == 2 and "another test set" in res.output, res.output
+    with sqlite3.connect(study / "results.sqlite") as c:
+        assert c.execute("SELECT run_id, dataset_key FROM runs").fetchall() == before  # nothing moved
+        assert c.execute("SELECT COUNT(*) FROM meta WHERE key = 'binding'").fetchone()[0] == 0
+        c.execute("DELETE FROM samples WHERE dataset_key = 'zz-other'")
+        c.execute("DELETE FROM datasets WHERE dataset_key = 'zz-other'")
+        c.execute("UPDATE runs SET config_json = replace(config_json, '\"epochs\": 1', '\"epochs\": 7')")
+    res = _run(cfg)
+    assert res.exit_code == 2 and "train.epochs: 7 -> 1" in res.output, res.output
+
+
+def test_a_run_is_scored_on_its_own_dataset_even_when_another_was_recorded_later(folder_study):
+    cfg, over, study = folder_study
+    shown = runner.invoke(app, ["show", str(study)], terminal_width=400).output
+    with sqlite3.connect(study / "results.sqlite") as c:  # an older version recorded a second dataset after this one
+        c.execute("INSERT INTO datasets VALUES ('zz-later', 'folder', '[\"a\"]', '{}')")
+        c.execute("INSERT INTO samples VALUES ('zz-later', 0, 's', 0, '{}')")
+    again = runner.invoke(app, ["show", str(study)], terminal_width=400)
+    assert again.exit_code == 0 and again.output == shown
+
+
+def test_damage_to_a_run_outside_the_plan_is_reported_not_rebuilt(tmp_path, tiny_overrides):
+    over = {**tiny_overrides, "train.epochs": 1, "seeds": [0, 1]}
+    assert _run(write_config(tmp_path / "two.yaml", over)).exit_code == 0
+    study = Path(over["output_dir"])
+    store = ResultStore.open_existing(study)
+    runs = store.runs()
+    store.close()
+    seed1 = study / runs[(runs.kind == "baseline") & (runs.seed == 1)].artefact.iloc[0]
+    seed1.write_bytes(seed1.read_bytes()[:-1] + b"\0")
+    res = _run(write_config(tmp_path / "one.yaml", {**over, "seeds": [0]}))
+    assert res.exit_code == 0 and "not in this config's plan" in res.output and "ran 0" in res.output, res.output
+    assert seed1.exists()
+
+
+def test_a_rebuilt_variant_does_not_reuse_its_unverified_fine_tuned_model(tmp_path, tiny_overrides):
+    recipes = [[{"prune": {"sparsity": 0.5, "epochs": 1}}], [{"prune": {"sparsity": 0.5, "epochs": 1}}, {"quantize": {"mode": "int8-weights"}}]]
+    over = {**tiny_overrides, "train.epochs": 1, "recipes": recipes, "repeats": 1}
+    cfg = write_config(tmp_path / "s.yaml", over)
+    assert _run(cfg).exit_code == 0
+    study = Path(over["output_dir"])
+    store = ResultStore.open_existing(study)
+    runs = store.runs()
+    before = {r: store.predictions(r).y_pred.tolist() for r in runs.run_id}
+    store.close()
+    quantised = study / runs[runs.technique == "prune + quantize"].artefact.iloc[0]
+    (fine_tuned,) = (study / "models").glob("*/model.safetensors")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(fine_tuned)
+    save_file({k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in weights.items()}, fine_tuned)  # loads, but wrong
+    quantised.unlink()
+    res = _run(cfg)
+    assert res.exit_code == 0 and res.output.count("rebuilding it") == 2 and "ran 2" in res.output, res.output
+    store = ResultStore.open_existing(study)
+    assert {r: store.predictions(r).y_pred.tolist() for r in runs.run_id} == before
+    store.close()
+    assert runner.invoke(app, ["verify", str(study)]).exit_code == 0

@@ -107,14 +107,22 @@ def test_atomic_path_renames_a_complete_file_and_removes_a_failed_one(tmp_path):
         write_text_atomic(final / "x.txt", "a file where a folder should be")
 
 
-def test_remove_leftovers_removes_only_partial_files(tmp_path):
-    keep = [tmp_path / "model.onnx", tmp_path / "a" / "notes.partial-x", tmp_path / "a" / "b.partial-1.txt"]
-    gone = [tmp_path / "model.onnx.partial-123", tmp_path / "a" / "b" / "fig.svg.partial-9", tmp_path / "a" / ".tmpCokYWL"]
+def test_remove_leftovers_removes_only_partial_files_of_dead_writers(tmp_path):
+    dead = _dead_pid()
+    keep = [tmp_path / "model.onnx", tmp_path / "a" / "notes.partial-x", tmp_path / "a" / "b.partial-1.txt",
+            tmp_path / f"report.html.partial-{os.getppid()}"]  # a live process is still writing it
+    gone = [tmp_path / f"model.onnx.partial-{dead}", tmp_path / "a" / "b" / f"fig.svg.partial-{os.getpid()}", tmp_path / "a" / ".tmpCokYWL"]
     for p in keep + gone:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
     assert sorted(remove_leftovers(tmp_path)) == sorted(gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_a_real_file_size_limit_is_one_line_naming_the_file(tmp_path):

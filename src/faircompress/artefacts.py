@@ -14,16 +14,26 @@ class ArtefactCheck:
     run_id: str
     label: str
     path: Path
-    state: str  # 'ok', 'missing', 'altered', 'unrecorded' (no checksum kept: an older store)
+    state: str  # 'ok', 'missing', 'unreadable', 'altered', 'unrecorded' (no checksum kept: an older store)
 
     @property
     def damaged(self) -> bool:
-        return self.state in ("missing", "altered")
+        return self.state in ("missing", "unreadable", "altered")
 
     def describe(self) -> str:
-        why = {"missing": "is missing", "altered": "differs from the file its results were measured on (SHA-256)",
+        why = {"missing": "is missing", "unreadable": "cannot be read", "altered": "differs from the file its results were measured on (SHA-256)",
                "unrecorded": "exists (no checksum recorded, made by an older version)", "ok": "matches its checksum"}
         return f"{self.label}: {self.path} {why[self.state]}"
+
+
+def _digest(path: Path) -> str:
+    """The file's SHA-256, or 'missing' / 'unreadable'."""
+    if not path.is_file():
+        return "missing"
+    try:
+        return file_sha256(path)
+    except OSError:
+        return "unreadable"
 
 
 def check_artefacts(store: ResultStore, study_dir: Path) -> list[ArtefactCheck]:
@@ -34,8 +44,8 @@ def check_artefacts(store: ResultStore, study_dir: Path) -> list[ArtefactCheck]:
     for run_id, label, artefact, recorded in runs.fetchall():
         path = study_dir / (artefact or "")
         if path not in hashes:
-            hashes[path] = file_sha256(path) if artefact and path.is_file() else None
+            hashes[path] = _digest(path) if artefact else None
         found = hashes[path]
-        state = "missing" if found is None else "unrecorded" if not recorded else "ok" if found == recorded else "altered"
+        state = found if found in ("missing", "unreadable") else "unrecorded" if not recorded else "ok" if found == recorded else "altered"
         checks.append(ArtefactCheck(run_id, label, path, state))
     return checks

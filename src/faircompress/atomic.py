@@ -88,9 +88,24 @@ def is_leftover(path: str | os.PathLike) -> bool:
     return _LEFTOVER.search(Path(path).name) is not None
 
 
+def _writer_alive(path: Path) -> bool:
+    """Whether the process named in a ``.partial-PID`` file is still running (e.g. a report being
+    written next to the study): its file is not a leftover yet."""
+    pid = path.name.rpartition(PARTIAL)[2]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed process left under ``folder`` (recursively); returns them."""
-    removed = [path for path in Path(folder).rglob("*") if is_leftover(path) and path.is_file()]
+    removed = [path for path in Path(folder).rglob("*") if is_leftover(path) and path.is_file() and not _writer_alive(path)]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

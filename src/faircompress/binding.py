@@ -4,12 +4,16 @@ different dataset or plan is refused, saying what changed. Seeds, recipes and re
 (new runs of the same question); the device, caching and measurement settings may differ."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .data.dataset import FaceDataset
 from .data.identity import Manifest
 from .data.registry import DatasetIdentity
 from .plan import result_fields
+from .store import ResultStore
 
 _SHOWN = 4  # changed fields named in a refusal
 
@@ -35,6 +39,44 @@ def binding_for(cfg: Any, ident: DatasetIdentity) -> StudyBinding:
     return StudyBinding(ident.key, result_fields(cfg))
 
 
+def check_binding(out: Path, store: ResultStore, now: StudyBinding, ident: DatasetIdentity, test: list[tuple]) -> None:
+    """Raise `BindingError` when the study at ``out`` was made on another dataset or plan; bind a
+    study that is not bound yet (adopting the runs an older version made, when they fit)."""
+    recorded = store.binding()
+    if recorded is None:
+        old_keys = adoptable(out, store, now, ident, test)
+        store.adopt(old_keys, ident.key, now.to_json(), ident.manifest.files)
+        return
+    why = refusal(StudyBinding.from_json(recorded[0]), recorded[1], now, ident.manifest)
+    if why:
+        raise BindingError(f"{out}: this study holds runs of another question: {why}. Its results cannot be pooled with "
+                           "new runs: run into a new directory (--out DIR), or restore the dataset and config it was made with")
+
+
+def adoptable(out: Path, store: ResultStore, now: StudyBinding, ident: DatasetIdentity, test: list[tuple]) -> list[str]:
+    """The dataset keys of a study made before studies were bound, when every one holds exactly the
+    test samples the dataset gives now and every run was made with this plan; else `BindingError`.
+    Nothing is written here: the caller moves them all in one transaction."""
+    keys = [k for (k,) in store.conn.execute("SELECT dataset_key FROM datasets").fetchall() if k != ident.key]
+    if any(store.sample_rows(k) != test for k in keys):
+        raise BindingError(f"{out}: this study's runs were scored on another test set than the {ident.name} dataset gives now; "
+                           "run into a new directory (--out DIR)")
+    for (config_json,) in store.conn.execute("SELECT DISTINCT config_json FROM runs WHERE status='finished'").fetchall():
+        fields = changed_fields(result_fields(json.loads(config_json)), now.plan)
+        if fields:
+            shown = "; ".join(f"{name}: {old} -> {new}" for name, old, new in fields[:_SHOWN])
+            raise BindingError(f"{out}: this study holds runs made with another config ({shown}); "
+                               "run into a new directory (--out DIR), or restore the config it was made with")
+    return keys
+
+
+def test_rows(data: FaceDataset) -> list[tuple]:
+    """The test samples as the store keeps them: (sample, subject, label, attributes_json)."""
+    test = data.indices("test")
+    return [(int(i), str(data.subjects[i]), int(data.labels[i]), json.dumps({a: int(v[i]) for a, v in data.attributes.items()}))
+            for i in test]
+
+
 def refusal(recorded: StudyBinding, files: dict[str, str], now: StudyBinding, manifest: Manifest) -> str | None:
     """Why a study bound to ``recorded`` (with dataset ``files``) cannot take runs of ``now``; None if it can."""
     reasons = []
@@ -43,10 +85,11 @@ def refusal(recorded: StudyBinding, files: dict[str, str], now: StudyBinding, ma
         shown = "; ".join(f"{name}: {old} -> {new}" for name, old, new in fields[:_SHOWN])
         more = f" (and {len(fields) - _SHOWN} more)" if len(fields) > _SHOWN else ""
         reasons.append(f"the config changed what runs compute ({shown}{more})")
-    if recorded.dataset != now.dataset and not fields:
-        change = manifest.changes(Manifest(files))
-        reasons.append(f"the dataset's files changed since its runs were made ({change})" if change
-                       else "the dataset's loader now prepares the images differently (a new faircompress version)")
+    change = manifest.changes(Manifest(files)) if recorded.dataset != now.dataset else ""
+    if change:
+        reasons.append(f"the dataset's files differ from those its runs were made with ({change})")
+    elif recorded.dataset != now.dataset and not fields:
+        reasons.append("the dataset's loader now prepares the images differently (a new faircompress version)")
     return "; ".join(reasons) or None
 
 

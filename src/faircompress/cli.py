@@ -115,7 +115,7 @@ def verify(study_dir: Path = typer.Argument(..., help="a study directory (holds 
     try:
         store = ResultStore.open_existing(study_dir)
     except StoreError as e:
-        _fail(str(e))
+        _fail_on(e)
     try:
         checks = check_artefacts(store, study_dir)
     finally:

@@ -86,14 +86,16 @@ class PlannedRun:
         return cols
 
 
-def result_fields(cfg: "StudyConfig") -> dict[str, Any]:
+_NOT_RESULTS = {"dataset": {"cache", "max_unreadable"}, "train": {"device", "eval_batch_size"}}
+
+
+def result_fields(config: "StudyConfig | dict[str, Any]") -> dict[str, Any]:
     """The config fields that change what a baseline (and so every run) computes; the rest (the
-    device, batch sizes of evaluation, caching, measurement settings) do not."""
-    return {
-        "dataset": cfg.dataset.model_dump(mode="json", exclude={"cache", "max_unreadable"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude={"device", "eval_batch_size"}),
-    }
+    device, batch sizes of evaluation, caching, measurement settings) do not. ``config``: a config,
+    or one as a run stored it (its JSON)."""
+    raw = config if isinstance(config, dict) else config.model_dump(mode="json")
+    return {part: {k: v for k, v in raw.get(part, {}).items() if k not in _NOT_RESULTS.get(part, ())}
+            for part in ("dataset", "model", "train")}
 
 
 def plan(cfg: "StudyConfig") -> list[PlannedRun]:

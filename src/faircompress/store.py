@@ -136,6 +136,8 @@ class ResultStore:
         from .compress.recipes import parse_recipe
 
         with self.transaction() as c:
+            if self._schema(c) != "1":  # another process migrated it while this one waited for the lock
+                return
             for col, kind in [("variant", "TEXT"), ("recipe_key", "TEXT"), ("technique", "TEXT"), ("level", "REAL"),
                               ("is_reference", "INTEGER NOT NULL DEFAULT 0")]:
                 c.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
@@ -159,11 +161,17 @@ class ResultStore:
             if c.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', '1')")  # every schema 1 store was protocol 1
 
+    @staticmethod
+    def _schema(c: sqlite3.Connection) -> str:
+        return c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+
     def _migrate_from_v2(self) -> None:
         """Schema 2 -> 3: each run records the dataset it was scored on and its artefact's SHA-256.
         A store that holds one dataset gives it to every run; with several, which run saw which is
         unknown, and the report says so instead of guessing."""
         with self.transaction() as c:
+            if self._schema(c) != "2":  # another process migrated it while this one waited for the lock
+                return
             c.execute("ALTER TABLE runs ADD COLUMN dataset_key TEXT")
             c.execute("ALTER TABLE runs ADD COLUMN artefact_sha256 TEXT")
             keys = [k for (k,) in c.execute("SELECT dataset_key FROM datasets")]
@@ -265,9 +273,13 @@ class ResultStore:
 
     def bind(self, binding: dict[str, Any], files: dict[str, str]) -> None:
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('binding', ?)", (json.dumps(binding, sort_keys=True),))
-            c.execute("DELETE FROM dataset_files")
-            c.executemany("INSERT INTO dataset_files VALUES (?, ?)", sorted(files.items()))
+            self._write_binding(c, binding, files)
+
+    @staticmethod
+    def _write_binding(c: sqlite3.Connection, binding: dict[str, Any], files: dict[str, str]) -> None:
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('binding', ?)", (json.dumps(binding, sort_keys=True),))
+        c.execute("DELETE FROM dataset_files")
+        c.executemany("INSERT INTO dataset_files VALUES (?, ?)", sorted(files.items()))
 
     # --- datasets (so analysis needs no reload of the images) -------------
     def record_samples(self, dataset_key: str, name: str, class_names: list[str], attribute_groups: dict[str, list[str]],
@@ -284,16 +296,20 @@ class ResultStore:
         return self.conn.execute("SELECT sample, subject, label, attributes_json FROM samples WHERE dataset_key=? ORDER BY sample",
                                  (dataset_key,)).fetchall()
 
-    def rekey_dataset(self, old: str, new: str) -> None:
-        """Move runs and samples recorded under ``old`` to ``new`` (the same test set under a new key)."""
+    def adopt(self, old_keys: list[str], new: str, binding: dict[str, Any], files: dict[str, str]) -> None:
+        """In one transaction: move the runs and samples of ``old_keys`` (the same test set under
+        older keys) to ``new``, give it to runs that recorded none, and bind the study."""
         with self.transaction() as c:
-            c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key=? OR dataset_key IS NULL", (new, old))
-            if c.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (new,)).fetchone():
-                c.execute("DELETE FROM samples WHERE dataset_key=?", (old,))
-                c.execute("DELETE FROM datasets WHERE dataset_key=?", (old,))
-            else:
-                c.execute("UPDATE samples SET dataset_key=? WHERE dataset_key=?", (new, old))
-                c.execute("UPDATE datasets SET dataset_key=? WHERE dataset_key=?", (new, old))
+            for old in old_keys:
+                c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key=?", (new, old))
+                if c.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (new,)).fetchone():
+                    c.execute("DELETE FROM samples WHERE dataset_key=?", (old,))
+                    c.execute("DELETE FROM datasets WHERE dataset_key=?", (old,))
+                else:
+                    c.execute("UPDATE samples SET dataset_key=? WHERE dataset_key=?", (new, old))
+                    c.execute("UPDATE datasets SET dataset_key=? WHERE dataset_key=?", (new, old))
+            c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key IS NULL", (new,))
+            self._write_binding(c, binding, files)
 
     # --- reading ------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

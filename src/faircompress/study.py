@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import platform
+import shutil
 import subprocess
 import traceback
 from contextlib import contextmanager, suppress
@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .artefacts import check_artefacts
 from .atomic import EnvironmentFault, remove_leftovers, write_text_atomic
-from .binding import BindingError, StudyBinding, binding_for, refusal
+from .binding import binding_for, check_binding, test_rows
 from .config import StudyConfig, dump_config
 from .data.common import unreadable
 from .data.dataset import FaceDataset
@@ -100,7 +100,7 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
     write_text_atomic(out / "config.yaml", dump_config(cfg))
     store.set_protocol(PROTOCOL_VERSION)
     runs = plan(cfg)
-    damaged = _damaged_artefacts(store, out, hooks)
+    damaged = _damaged_artefacts(store, out, runs, hooks)
     todo = [r for r in runs if store.status(r.run_id) != "finished" or r.run_id in damaged]
     pending = {r.run_id for r in todo}
     report = StudyReport(ran=[], skipped=[r.run_id for r in runs if r.run_id not in pending], failed={})
@@ -142,47 +142,31 @@ def _check_study(cfg: StudyConfig, out: Path, store: ResultStore, ident: Dataset
     if stale:
         raise StoreError(f"{out}: the runs in this study were {stale}. Run into a new directory (--out), or move "
                          f"{store.path.name} aside to start this one afresh")
-    now = binding_for(cfg, ident)
-    recorded = store.binding()
-    if recorded is None:
-        _adopt_earlier_runs(out, store, ident, data)
-        store.bind(now.to_json(), ident.manifest.files)
-        return
-    why = refusal(StudyBinding.from_json(recorded[0]), recorded[1], now, ident.manifest)
-    if why:
-        raise BindingError(f"{out}: this study holds runs of another question: {why}. Its results cannot be pooled with "
-                           "new runs: run into a new directory (--out DIR), or restore the dataset and config it was made with")
+    check_binding(out, store, binding_for(cfg, ident), ident, test_rows(data))
 
 
-def _adopt_earlier_runs(out: Path, store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
-    """A study made before studies were bound keeps its runs when they were scored on exactly the
-    test samples the dataset gives now (they move to its content key); otherwise it is refused."""
-    test = _test_rows(data)
-    for (old,) in store.conn.execute("SELECT dataset_key FROM datasets").fetchall():
-        if old == ident.key:
-            continue
-        if store.sample_rows(old) != test:
-            raise BindingError(f"{out}: this study's runs were scored on another test set than the {ident.name} dataset gives now. "
-                               "Run into a new directory (--out DIR)")
-        store.rekey_dataset(old, ident.key)
-
-
-def _test_rows(data: FaceDataset) -> list[tuple]:
-    """The test samples as the store keeps them: (sample, subject, label, attributes_json)."""
-    test = data.indices("test")
-    return [(int(i), str(data.subjects[i]), int(data.labels[i]), json.dumps({a: int(v[i]) for a, v in data.attributes.items()}))
-            for i in test]
-
-
-def _damaged_artefacts(store: ResultStore, out: Path, hooks: Hooks) -> set[str]:
-    """Finished runs whose artefact is missing or altered: they run again (an altered file is
-    removed first, so nothing downstream reuses it)."""
-    damaged = set()
-    for check in check_artefacts(store, out):
-        if check.damaged:
+def _damaged_artefacts(store: ResultStore, out: Path, runs: list[PlannedRun], hooks: Hooks) -> set[str]:
+    """Planned runs whose artefact is missing or altered: they run again. The altered file goes
+    first, and so do a variant's fine-tuned model and exports (their checksums are not kept), so
+    the rebuild starts from the verified baseline; damage to runs no longer planned is only reported."""
+    planned = {r.run_id: r for r in runs}
+    damaged: set[str] = set()
+    checks = check_artefacts(store, out)
+    for check in checks:
+        if check.damaged and check.run_id not in planned:
+            hooks.note(f"{check.describe()} (not in this config's plan: left as it is; `faircompress verify` lists it)")
+    while found := [c for c in checks if c.damaged and c.run_id in planned and c.run_id not in damaged]:
+        for check in found:  # a removed fine-tuned folder may hold another run's file: checked again
             hooks.note(f"{check.describe()}: rebuilding it")
-            check.path.unlink(missing_ok=True)
+            try:
+                check.path.unlink(missing_ok=True)
+            except OSError as e:
+                raise EnvironmentFault.from_os_error(check.path, e) from None
+            run = planned[check.run_id]
+            if run.kind is RunKind.VARIANT and run.recipe is not None and run.recipe.train_steps:
+                shutil.rmtree(out / "models" / run.prefix_id, ignore_errors=True)
             damaged.add(check.run_id)
+        checks = check_artefacts(store, out)
     return damaged
 
 
@@ -199,7 +183,7 @@ def _check_unreadable(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> None
 
 def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
     """The dataset's test samples, recorded under its content key for the analysis."""
-    store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, _test_rows(data))
+    store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, test_rows(data))
 
 
 def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
