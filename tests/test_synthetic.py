@@ -208,3 +208,16 @@ def test_cue_shift_gives_a_group_its_own_expression_to_cue_table():
     a, b = generate(SyntheticParams(**TINY_DATA)), generate(SyntheticParams(**TINY_DATA, bias={"gender": {"male": {"cue_shift": 2}}}))
     females = a.attributes["gender"] == 0
     assert np.array_equal(a.images[females], b.images[females]) and not np.array_equal(a.images[~females], b.images[~females])
+
+
+def test_shortcut_gives_a_groups_images_a_background_that_names_the_expression():
+    base = {**TINY_DATA, "subjects": 30, "sequences": 60, "image_size": 24}
+    plain = generate(SyntheticParams(**base))
+    assert np.array_equal(plain.images, generate(SyntheticParams(**base, bias={"gender": {"male": {"shortcut": 0.0}}})).images)
+    d = generate(SyntheticParams(**base, bias={"gender": {"female": {"shortcut": 1.0}}}))
+    corner = d.images[:, 0, :2, :2].reshape(len(d), -1).mean(axis=1) / 255  # background only
+    female = d.attributes["gender"] == 0
+    r_female = np.corrcoef(corner[female], d.labels[female])[0, 1]
+    r_male = np.corrcoef(corner[~female], d.labels[~female])[0, 1]
+    assert r_female > 0.8 and abs(r_male) < 0.5  # an easy cue for one group only
+    assert np.array_equal(d.images[~female], plain.images[~female])  # the other group's images are untouched

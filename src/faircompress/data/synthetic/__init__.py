@@ -23,8 +23,8 @@ __all__ = ["ATTRIBUTE_GROUPS", "CKPLUS_CLASSES", "CUES", "RAFDB_CLASSES", "Group
 
 def generate(p: SyntheticParams) -> FaceDataset:
     """Generate the dataset; the same parameters always give identical arrays."""
-    streams = np.random.SeedSequence(p.seed).spawn(5)
-    r_subj, r_split, r_img, r_cue, r_noise = (np.random.default_rng(s) for s in streams)
+    streams = np.random.SeedSequence(p.seed).spawn(6)  # spawn(6)[:5] == spawn(5): older sets stay identical
+    r_subj, r_split, r_img, r_cue, r_noise, r_shortcut = (np.random.default_rng(s) for s in streams)
     subj = _sample_subjects(p, r_subj)
     subj_split = _split_subjects(p, subj, r_split)
     frames = _sample_images(p, subj, r_img)
@@ -39,6 +39,9 @@ def generate(p: SyntheticParams) -> FaceDataset:
     per_image = {k: subj[k][sid] for k in ("face_w", "face_h", "eye_dx", "eye_size", "mouth_w", "nose_len", "hair_tone", "skin_jitter")}
     per_image.update({attr: subj[attr][sid] for attr in ATTRIBUTE_GROUPS})
     per_image.update(label=label, cues=cues)
+    shortcut = _shortcut_backgrounds(p, subj, sid, label, r_shortcut)
+    if shortcut is not None:
+        per_image["background"] = shortcut
     chunk = 256
     images = np.concatenate(
         [render(p, {k: v[i : i + chunk] for k, v in per_image.items()}, r_noise) for i in range(0, n, chunk)]
@@ -63,6 +66,21 @@ def generate(p: SyntheticParams) -> FaceDataset:
         meta={"source": "synthetic", "seed": str(p.seed), "label_noise_flipped": str(int(flip.sum()))},
     )
 
+
+
+def _shortcut_backgrounds(p: SyntheticParams, subj: dict[str, np.ndarray], sid: np.ndarray, label: np.ndarray,
+                          rng: np.random.Generator) -> np.ndarray | None:
+    """Per image, the background tone that gives its expression away (NaN: an ordinary random
+    background), for groups with a `shortcut` knob; None when no group has one (no draw is made)."""
+    share = np.zeros(p.subjects)
+    for attr, groups in p.bias.items():
+        knob = np.array([groups.get(g, GroupBias()).shortcut for g in ATTRIBUTE_GROUPS[attr]])
+        share = np.maximum(share, knob[subj[attr]])
+    if not share.any():
+        return None
+    n, k = len(label), len(p.class_names)
+    tone = 0.2 + 0.7 * label / max(k - 1, 1) + rng.normal(0, 0.02, n)
+    return np.where(rng.random(n) < share[sid], tone, np.nan)
 
 
 def _expression_cues(p: SyntheticParams, subj: dict[str, np.ndarray], expr: np.ndarray) -> np.ndarray:

@@ -44,6 +44,9 @@ class GroupBias(BaseModel):
     label_noise: float = Field(0.0, ge=0, lt=1, description="rate of wrong labels in train/val images")
     cue_shift: int = Field(0, ge=0, lt=7, description="the group shows each expression through other facial cues "
                            "(the expression-to-cue table rotated by this many cues): a mapping of its own to learn")
+    shortcut: float = Field(0.0, ge=0, le=1, description="share of the group's images whose background tone gives the "
+                            "expression away (as when each expression was posed in its own session): an easy cue that "
+                            "other groups' images lack")
 
 
 def shifted_cues(expressions: np.ndarray, shift: int) -> np.ndarray:

@@ -91,11 +91,12 @@ def _colours(rgb: bool, frame: dict[str, np.ndarray], rng: np.random.Generator):
     """Background, skin (by skin-tone group) and hair (greys with age) colours, (B, C) each."""
     B, age = len(frame["label"]), frame["age"]
     tone = _TONES[frame["skin_tone"]] + frame["skin_jitter"]
+    bg = rng.uniform(0.15, 0.95, (B, 1)) if not rgb else rng.uniform(0.1, 0.95, (B, 3))
+    if "background" in frame:  # the shortcut tone, where a group's image carries one
+        bg = np.where(np.isnan(frame["background"])[:, None], bg, frame["background"][:, None])
     if not rgb:
-        bg = rng.uniform(0.15, 0.95, (B, 1))
         hair = np.where(age >= 3, np.minimum(frame["hair_tone"] + 0.15 * (age - 2), 0.85), frame["hair_tone"])[:, None]
         return bg, tone[:, None], hair
-    bg = rng.uniform(0.1, 0.95, (B, 3))
     grey = np.clip(0.15 * (age - 2), 0, 0.5)[:, None]
     hair = (1 - grey) * frame["hair_tone"][:, None] * np.array([1.0, 0.8, 0.6]) + grey * 0.8
     return bg, tone[:, None] * np.array([1.08, 0.92, 0.78]), hair
