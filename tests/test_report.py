@@ -190,3 +190,42 @@ def test_markdown_and_html_tables_escape_text_from_the_dataset():
     assert [line.split(" | ")[1] for line in lines[4:]] == ["0.5", "1.25", "-3.0", "0.0", "1e-05", "–"]
     html = _section("Accuracy per group", "note", df)  # the HTML report escapes through pandas
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "gender: &lt;i&gt;a|b" in html
+
+
+def test_the_report_opens_with_findings_written_from_its_tables(study):
+    import re
+
+    html = (study / "report.html").read_text()
+    first = html.index('id="findings"')
+    assert first < html.index('id="figures"') < html.index("Accuracy per group") and first < html.index("<details id='study'>")
+    items = re.findall(r"<li class=\"(\w+)\">([^<]*)</li>", html[first:html.index("</section>", first)])
+    texts = [t for _, t in items]
+    assert any(t.startswith("gender: ") and "could detect a gap change of about" in t for t in texts), texts
+    assert all(any(t.startswith(f"{attr}: ") for t in texts) for attr in ("gender", "skin_tone", "age")), texts
+    assert items[0][0] == "warn" and "groups too small to judge" in texts[0]  # the tiny study's small groups come first
+    assert any(t.startswith("prune: ") or t.startswith("prune + quantize: ") for t in texts)
+
+
+def _gaps(rows):
+    import pandas as pd
+
+    cols = ["variant", "attribute", "gap_change", "ci_low", "ci_high", "p", "p_holm", "significant"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_gap_findings_name_significant_changes_and_otherwise_the_largest_and_the_detectable():
+    import pandas as pd
+
+    from faircompress.report.findings import gap_findings
+
+    power = pd.DataFrame({"attribute": ["gender"], "detectable_after_correction": [0.093]})
+    none = gap_findings("gender", _gaps([["prune 80%", "gender", 0.02, -0.03, 0.07, 0.4, 1.0, False],
+                                         ["prune 90%", "gender", -0.05, -0.10, 0.01, 0.09, 0.18, False],
+                                         ["baseline (fp32)", "gender", 0.0, 0.0, 0.0, float("nan"), float("nan"), False]]), power)
+    assert [f.text for f in none] == [
+        "gender: no variant changes the gap significantly after correction (2 tested); the largest non-significant change is "
+        "-5.0 pp (prune 90%; 95 % interval -10.0 to +1.0)",
+        "gender: this study could detect a gap change of about 9.3 pp (80 % power after the correction); smaller changes "
+        "that are not significant are not evidence of no change"]
+    found = gap_findings("gender", _gaps([["prune 90%", "gender", 0.121, 0.05, 0.19, 0.001, 0.004, True]]), power)
+    assert found[0].text.startswith("gender: prune 90% widens the gap by 12.1 pp (95 % interval +5.0 to +19.0; Holm-adjusted p 0.004)")

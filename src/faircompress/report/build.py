@@ -20,6 +20,7 @@ from ..store import ResultStore, StoreError
 from . import analysis as A
 from . import figures
 from . import tables as T
+from .findings import as_html, findings
 from .results import NothingToAnalyse, StudyResults, Variant, load_results
 from .tables import markdown_table
 
@@ -62,7 +63,9 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
             write_table(df, out_tables, f"report-{name}")
         say("figures")
         report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir)
-        sections = _sections(res, report.tables, report.figures)
+        found = findings(res, report.tables["gaps"], report.tables["power"], T.variant_stats(res), report.tables["groups"],
+                         report.missing)
+        sections = [as_html(found), _figure_section(report.figures), *_sections(res, report.tables)]
     write_text_atomic(report.html, _html(_header(runs, res), report.missing, sections))
     return report
 
@@ -216,7 +219,7 @@ def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     return info
 
 
-def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[str]:
+def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     gaps, mcn, cie, errs = tables["gaps"], tables["mcnemar"], tables["exemplars"], tables["error_change"]
     method = A.interval_method(res)
     out = [_section("Accuracy per group", f"mean ± std over each population's models, [95 % interval of the population mean: "
@@ -249,10 +252,30 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame], figs: list[Pat
     if not errs.empty:
         out.append(_section("CEV and SDE against the baseline", "Blakeney et al. (2021); classes with a zero baseline rate are left out.",
                             errs.round(4)))
-    imgs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figs)
-    out.append(f"<section><h2>Figures</h2>{imgs}</section>")
     return out
+
+
+# How to read each figure, by the start of its file name.
+CAPTIONS = {
+    "levels-": "Accuracy of each group (and file size) against the compression level of one technique, mean ± std over "
+               "its models: lines that drift apart as the level rises are a gap that compression widens.",
+    "gap-vs-size": "Change of each attribute's gap against the file's size: points above zero widen the gap; the further "
+                   "left, the smaller the file.",
+    "weights": "Distribution of the largest kernel's weights in the baseline's file and in the most pruned one.",
+    "confusion-": "Confusion matrices per group, the baseline beside the variant whose gap changed most: where the "
+                  "groups' errors differ.",
+}
+
+
+def caption(stem: str) -> str:
+    """How to read a figure, in one line."""
+    return next((text for prefix, text in CAPTIONS.items() if stem.startswith(prefix)), stem)
+
+
+def _figure_section(figs: list[Path]) -> str:
+    imgs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   f"<figcaption><b>{html.escape(p.stem)}</b>: {html.escape(caption(p.stem))}</figcaption></figure>" for p in figs)
+    return f'<section id="figures"><h2>Figures</h2>{imgs}</section>'
 
 
 def _section(title: str, note: str, df: pd.DataFrame) -> str:
@@ -266,10 +289,13 @@ def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> st
             if missing else "")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table.data{border-collapse:collapse;font-size:12px}"
              "table.data td,table.data th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right}"
-             "figure{display:inline-block;margin:8px}img{max-width:100%}th{text-align:left}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faircompress report: {html.escape(header.get('study', ''))}"
-            f"</title><style>{style}</style></head><body><h1>faircompress report</h1><table>{head}</table>{miss}"
-            + "".join(sections) + _SELF_CHECK + "</body></html>")
+             "figure{display:inline-block;margin:8px;max-width:680px;vertical-align:top}img{max-width:100%}th{text-align:left}"
+             "ul.findings li{margin:4px 0}li.warn{color:#a40}details{margin:1em 0}")
+    details = f"<details id='study'><summary>The study: data, protocol, versions</summary><table>{head}</table></details>"
+    title = html.escape(header.get("study", ""))
+    first, rest = (sections[0], sections[1:]) if sections else ("", [])
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faircompress report: {title}</title><style>{style}</style>"
+            f"</head><body><h1>faircompress report: {title}</h1>{first}{miss}{details}" + "".join(rest) + _SELF_CHECK + "</body></html>")
 
 
 # Marks the page once loaded with how many figures decoded, so a headless browser can check it.

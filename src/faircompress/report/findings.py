@@ -1,0 +1,142 @@
+"""What a study found, in sentences written from its tables (templates, never hand-written): per
+attribute, the gap changes that survive the study-wide correction, the largest that does not and
+the smallest the study could have detected; per technique, the size and accuracy it buys; and the
+warnings a reader must see first."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .results import INTERSECTION, StudyResults
+from .tables import LEAK_NOTE
+
+TOLERANCE_PP = 1.0  # "buys" = the smallest file within this accuracy of the baseline's
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str   # 'gap', 'technique' or 'warning'
+    text: str
+
+
+def findings(res: StudyResults, gaps: pd.DataFrame, power: pd.DataFrame, stats: pd.DataFrame, groups: pd.DataFrame,
+             missing: list[str]) -> list[Finding]:
+    """Every finding, warnings first."""
+    out = warnings(res, groups, missing)
+    for attr in res.attributes:
+        out += gap_findings(attr, gaps, power)
+    out += intersection_findings(gaps)
+    out += technique_findings(res, stats)
+    return out
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f} pp"
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"95 % interval {100 * lo:+.1f} to {100 * hi:+.1f}"
+
+
+def gap_findings(attr: str, gaps: pd.DataFrame, power: pd.DataFrame) -> list[Finding]:
+    tested = gaps[(gaps.attribute == attr) & gaps.p.notna()]
+    if tested.empty:
+        return [Finding("gap", f"{attr}: no gap change could be tested (fewer than two groups large enough to judge)")]
+    out = []
+    for r in tested[tested.significant].sort_values("gap_change", key=abs, ascending=False).itertuples():
+        verb = "widens" if r.gap_change > 0 else "narrows"
+        out.append(Finding("gap", f"{attr}: {r.variant} {verb} the gap by {abs(100 * r.gap_change):.1f} pp "
+                                  f"({_interval(r.ci_low, r.ci_high)}; Holm-adjusted p {r.p_holm:.3g}), significant after correction"))
+    rest = tested[~tested.significant]
+    if not rest.empty:
+        top = rest.loc[rest.gap_change.abs().idxmax()]
+        lead = ("no variant changes the gap significantly after correction" if len(out) == 0
+                else f"{len(rest)} other change(s) are not significant")
+        out.append(Finding("gap", f"{attr}: {lead} ({len(tested)} tested); the largest non-significant change is "
+                                  f"{_pp(top.gap_change)} ({top.variant}; {_interval(top.ci_low, top.ci_high)})"))
+    row = power[power.attribute == attr]
+    if not row.empty:
+        out.append(Finding("gap", f"{attr}: this study could detect a gap change of about "
+                                  f"{100 * float(row.detectable_after_correction.iloc[0]):.1f} pp (80 % power after the correction); "
+                                  "smaller changes that are not significant are not evidence of no change"))
+    return out
+
+
+def intersection_findings(gaps: pd.DataFrame) -> list[Finding]:
+    inter = gaps[gaps.attribute.str.contains(INTERSECTION, regex=False) & gaps.p.notna()]
+    if inter.empty:
+        return []
+    sig = inter[inter.significant]
+    names = ", ".join(f"{r.attribute}: {r.variant} {_pp(r.gap_change)}" for r in sig.itertuples())
+    return [Finding("gap", f"intersections: {len(sig)} of {len(inter)} gap changes significant after correction"
+                           + (f" ({names})" if names else ""))]
+
+
+def technique_findings(res: StudyResults, stats: pd.DataFrame) -> list[Finding]:
+    """Per technique: the smallest file within TOLERANCE_PP of the baseline's accuracy, and what its
+    strongest variant costs."""
+    table = _variant_means(res, stats)
+    if table.empty or not table.is_reference.any():
+        return []
+    ref = table[table.is_reference].iloc[0]
+    out = []
+    for technique, rows in table[~table.is_reference].groupby("technique", sort=False):
+        rows = rows.assign(drop=100 * (rows.accuracy - ref.accuracy))
+        ok = rows[rows["drop"] >= -TOLERANCE_PP]
+        strongest = rows.loc[rows.size_mb.idxmin()]
+        text = f"{technique}: "
+        if ok.empty:
+            text += f"every variant loses more than {TOLERANCE_PP:.0f} pp of accuracy; "
+        else:
+            best = ok.loc[ok.size_mb.idxmin()]
+            text += (f"{best.variant} gives a {best.size_mb:.2f} MB file ({ref.size_mb / best.size_mb:.1f}× smaller than the "
+                     f"baseline's {ref.size_mb:.2f} MB) for {best['drop']:+.1f} pp accuracy; ")
+        text += f"its smallest, {strongest.variant} ({strongest.size_mb:.2f} MB), changes accuracy by {strongest['drop']:+.1f} pp"
+        out.append(Finding("technique", text))
+    return out
+
+
+def _variant_means(res: StudyResults, stats: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: label, technique, reference flag, mean size (MB) and mean accuracy."""
+    scal = stats[stats.attribute.eq("") & stats.measure.isin(["size_mb", "accuracy"])]
+    if scal.empty:
+        return pd.DataFrame()
+    wide = scal.pivot_table(index=["key", "variant"], columns="measure", values="mean", sort=False).reset_index()
+    by_key = {v.key: v for v in res.variants}
+    wide["technique"] = wide.key.map(lambda k: by_key[k].technique)
+    wide["is_reference"] = wide.key.map(lambda k: by_key[k].is_reference).astype(bool)
+    return wide
+
+
+def warnings(res: StudyResults, groups: pd.DataFrame, missing: list[str]) -> list[Finding]:
+    out = []
+    baselines = res.baselines()
+    if (baselines.selection == "test").any() or (baselines.selection == LEAK_NOTE).any():
+        out.append(Finding("warning", "checkpoints were selected on the test set (the authors' protocol): every accuracy is "
+                                      "optimistic, because selection leaks test data"))
+    small = groups[groups.too_few.astype(bool) & ~groups.attribute.str.contains(INTERSECTION, regex=False)]
+    small = small.drop_duplicates(["attribute", "group"])
+    if not small.empty:
+        names = ", ".join(f"{r.attribute} {r.group} (n={int(r.n)})" for r in small.itertuples())
+        out.append(Finding("warning", f"groups too small to judge, left out of every gap: {names}"))
+    failed = [m for m in missing if m.startswith("failed:")]
+    if failed:
+        out.append(Finding("warning", f"{len(failed)} run(s) failed and are missing from every table: "
+                                      + "; ".join(m.removeprefix("failed: ") for m in failed[:3]) + (" …" if len(failed) > 3 else "")))
+    out += [Finding("warning", m) for m in missing if not m.startswith("failed:")]
+    return out
+
+
+def as_html(items: list[Finding]) -> str:
+    """The findings as the report's first section."""
+    import html
+
+    if not items:
+        return ""
+    css = {"warning": "warn", "gap": "gap", "technique": "tech"}
+    lis = "".join(f'<li class="{css[f.kind]}">{html.escape(f.text)}</li>' for f in items)
+    return f'<section id="findings"><h2>Findings</h2><ul class="findings">{lis}</ul></section>'
+
+
+__all__ = ["Finding", "findings", "as_html"]
