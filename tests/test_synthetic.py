@@ -221,3 +221,15 @@ def test_shortcut_gives_a_groups_images_a_background_that_names_the_expression()
     r_male = np.corrcoef(corner[~female], d.labels[~female])[0, 1]
     assert r_female > 0.8 and abs(r_male) < 0.5  # an easy cue for one group only
     assert np.array_equal(d.images[~female], plain.images[~female])  # the other group's images are untouched
+
+
+def test_contrast_makes_a_groups_facial_features_fainter_and_leaves_the_others_alone():
+    base = {**TINY_DATA, "subjects": 30, "sequences": 60, "image_size": 32}
+    plain = generate(SyntheticParams(**base))
+    assert np.array_equal(plain.images, generate(SyntheticParams(**base, bias={"gender": {"male": {"contrast": 1.0}}})).images)
+    faint = generate(SyntheticParams(**base, bias={"gender": {"male": {"contrast": 0.3}}}))
+    male = plain.attributes["gender"] == 1
+    assert np.array_equal(faint.images[~male], plain.images[~male])
+    centre = (slice(None), 0, slice(10, 22), slice(8, 24))  # eyes, nose and mouth
+    spread = lambda imgs: imgs[centre].reshape(len(imgs), -1).astype(float).std(axis=1).mean()  # noqa: E731
+    assert spread(faint.images[male]) < 0.85 * spread(plain.images[male])

@@ -39,6 +39,9 @@ def generate(p: SyntheticParams) -> FaceDataset:
     per_image = {k: subj[k][sid] for k in ("face_w", "face_h", "eye_dx", "eye_size", "mouth_w", "nose_len", "hair_tone", "skin_jitter")}
     per_image.update({attr: subj[attr][sid] for attr in ATTRIBUTE_GROUPS})
     per_image.update(label=label, cues=cues)
+    contrast = _group_factor(p, subj, "contrast")
+    if (contrast != 1).any():  # only then: the arrays of sets without the knob stay as they were
+        per_image["contrast"] = contrast[sid]
     shortcut = _shortcut_backgrounds(p, subj, sid, label, r_shortcut)
     if shortcut is not None:
         per_image["background"] = shortcut

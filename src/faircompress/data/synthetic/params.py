@@ -44,6 +44,8 @@ class GroupBias(BaseModel):
     label_noise: float = Field(0.0, ge=0, lt=1, description="rate of wrong labels in train/val images")
     cue_shift: int = Field(0, ge=0, lt=7, description="the group shows each expression through other facial cues "
                            "(the expression-to-cue table rotated by this many cues): a mapping of its own to learn")
+    contrast: float = Field(1.0, gt=0, le=2, description="contrast of the group's facial features against its skin "
+                            "(< 1: fainter brows, eyes, mouth and lines, as under poor lighting or with darker skin)")
     shortcut: float = Field(0.0, ge=0, le=1, description="share of the group's images whose background tone gives the "
                             "expression away (as when each expression was posed in its own session): an easy cue that "
                             "other groups' images lack")
@@ -53,8 +55,9 @@ class GroupBias(BaseModel):
     def _without_new_neutral_knobs(self, handler):
         # a knob added later is left out at its neutral value, so studies made before it keep their identity
         out = handler(self)
-        if out.get("shortcut") == 0:
-            out.pop("shortcut")
+        for knob, neutral in (("contrast", 1.0), ("shortcut", 0.0)):
+            if out.get(knob) == neutral:
+                out.pop(knob)
         return out
 
 

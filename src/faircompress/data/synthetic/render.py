@@ -61,8 +61,12 @@ class Face:
 
     @property
     def dark(self) -> np.ndarray:
-        """Feature colour: less contrast on darker skin, but never none."""
-        return np.clip(self.skin * 0.8 - 0.3, 0, 1)
+        """Feature colour: less contrast on darker skin, but never none; a group's `contrast` knob
+        scales the features' difference from the skin."""
+        base = np.clip(self.skin * 0.8 - 0.3, 0, 1)
+        if "contrast" not in self.frame:
+            return base
+        return self.skin - self.frame["contrast"][:, None] * (self.skin - base)
 
     def cue(self, name: str) -> np.ndarray:
         return self.frame["cues"][:, CUES.index(name), None, None]
