@@ -7,8 +7,11 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .atomic import EnvironmentFault
 from .config import ConfigError, load_config
@@ -169,22 +172,23 @@ def _show(study_dir: Path) -> None:
         _print_frame(deployment_table(stats), "variants: deployment measures of the exported files (means)")
     fails = failed_runs(res)
     if not fails.empty:
-        _print_frame(fails, "[red]failed runs[/]")
+        _print_frame(fails, "[red]failed runs[/]", wrap=("error",))
     for f in write_tables(res, study_dir, stats):
         console.print(f"wrote {f}")
 
 
 def _print_baselines(study_dir: Path, baselines, attrs: list[str]) -> None:
+    import pandas as pd
+
     from .report.tables import LEAK_NOTE
 
-    t = Table(title=f"{study_dir}: baselines (PyTorch, test split)", title_justify="left")
-    for col in ["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]]:
-        t.add_column(col, justify="right" if col not in ("run", "status", "selection") else "left")
+    rows = []
     for _, r in baselines.iterrows():
-        sel = f"[yellow]{r['selection']}[/]" if r["selection"] == LEAK_NOTE else str(r["selection"] or "")
-        status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {str(r['error']).splitlines()[0]}"
-        t.add_row(r["run"], status, sel, _pct(r.get("accuracy")), *[_pct(r.get(f"gap {a}")) for a in attrs])
-    console.print(t)
+        sel = Text(r["selection"], style="yellow") if r["selection"] == LEAK_NOTE else str(r["selection"] or "")
+        status = r["status"] if r["status"] != "failed" else Text.assemble(("failed", "red"), f": {str(r['error']).splitlines()[0]}")
+        rows.append([r["run"], status, sel, _pct(r.get("accuracy")), *[_pct(r.get(f"gap {a}")) for a in attrs]])
+    frame = pd.DataFrame(rows, columns=["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]])
+    _print_frame(frame, f"{escape(str(study_dir))}: baselines (PyTorch, test split)", wrap=("status", "selection"))
 
 
 def _print_baseline_groups(baselines, res) -> None:
@@ -199,13 +203,78 @@ def _print_baseline_groups(baselines, res) -> None:
         _print_frame(shown, f"accuracy by {attr}")
 
 
-def _print_frame(df, title: str) -> None:
-    t = Table(title=title, title_justify="left")
-    for i, c in enumerate(df.columns):
-        t.add_column(str(c), justify="left" if i == 0 else "right")
-    for row in df.astype(object).where(df.notna(), "–").astype(str).itertuples(index=False):
+WRAP_WIDTH = 20  # text columns (a status, an error) wrap at this width in a terminal
+_SHORT = {" + ": "+", "int8-weights": "int8w", "int8-dynamic": "int8d", "int8-static": "int8s", "epochs=": "ep="}
+
+
+def short_label(label: str) -> str:
+    """The form of a variant label `show` uses when a terminal is too narrow for the full one."""
+    for long, short in _SHORT.items():
+        label = label.replace(long, short)
+    return label
+
+
+def _print_frame(df, title: str, wrap: tuple[str, ...] = ()) -> None:
+    """A frame as a table under its title (markup). Piped, each row stays on one line. In a terminal,
+    only the `wrap` columns wrap: a long label (first column) takes its short form, and a table too
+    wide is split into several that repeat the label."""
+    console.print(title, highlight=False)
+    header = [str(c) for c in df.columns]
+    rows = [[c if isinstance(c, Text) else Text(str(c)) for c in row]
+            for row in df.astype(object).where(df.notna(), "–").itertuples(index=False)]
+    if not console.is_terminal:
+        _print_wide(_table(header, rows, None, wrap))
+        return
+    cap = console.width // 3  # the same labels are shortened in every table: they stay recognisable
+    rows = [[Text(short_label(r[0].plain), style=r[0].style) if r[0].cell_len > cap else r[0], *r[1:]] for r in rows]
+    full, compact = _column_widths(header, rows, wrap)
+    room = console.width - 1 - (compact[0] + 3)
+    for chunk in _chunks(compact[1:], full[1:], room):
+        cols = [0, *(i + 1 for i in chunk)]
+        widths = [compact[0], *(chunk[i] for i in chunk)]
+        console.print(_table([header[i] for i in cols], [[r[i] for i in cols] for r in rows], widths, wrap))
+
+
+def _column_widths(header: list[str], rows: list[list[Text]], wrap: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    """(full, compact) width of each column: full keeps the header on one line; compact wraps it
+    at its spaces (and a `wrap` column's text at WRAP_WIDTH). Neither wraps a value."""
+    full, compact = [], []
+    for i, h in enumerate(header):
+        cell = max((r[i].cell_len for r in rows), default=1)
+        cell = min(cell, WRAP_WIDTH) if h in wrap else cell
+        full.append(max(cell, len(h)))
+        compact.append(max(cell, *(len(word) for word in h.split())))
+    return full, compact
+
+
+def _chunks(compact: list[int], full: list[int], room: int) -> list[dict[int, int]]:
+    """Columns packed into tables of at most `room` characters, as {column: width}: compact widths,
+    widened to full where the table still has room."""
+    chunks: list[dict[int, int]] = [{}]
+    for i, w in enumerate(compact):
+        if chunks[-1] and sum(v + 3 for v in chunks[-1].values()) + w + 3 > room:
+            chunks.append({})
+        chunks[-1][i] = w
+    for chunk in chunks:
+        for i in chunk:
+            if sum(v + 3 for v in chunk.values()) + full[i] - chunk[i] <= room:
+                chunk[i] = full[i]
+    return chunks
+
+
+def _table(header: list[str], rows: list[list[Text]], widths: list[int] | None, wrap: tuple[str, ...]) -> Table:
+    t = Table()
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 or h in wrap else "right", width=widths[i] if widths else None)
+    for row in rows:
         t.add_row(*row)
-    console.print(t)
+    return t
+
+
+def _print_wide(t: Table) -> None:
+    """As wide as the table needs (whatever the console's width), so that grep finds whole rows."""
+    width = Measurement.get(console, console.options.update_width(10_000), t).maximum
+    Console(file=console.file, width=max(width, console.width), color_system=console.color_system).print(t)
 
 
 class _RichHooks:
