@@ -197,7 +197,8 @@ def test_the_report_opens_with_findings_written_from_its_tables(study):
 
     html = (study / "report.html").read_text()
     first = html.index('id="findings"')
-    assert first < html.index('id="figures"') < html.index("Accuracy per group") and first < html.index("<details id='study'>")
+    assert first < html.index('<section id="figures">') < html.index('<section id="s-accuracy-per-group">')
+    assert first < html.index("<details id='study'>") < html.index('<nav id="contents">') < html.index('<section id="figures">')
     items = re.findall(r"<li class=\"(\w+)\">([^<]*)</li>", html[first:html.index("</section>", first)])
     texts = [t for _, t in items]
     assert any(t.startswith("gender: ") and "could detect a gap change of about" in t for t in texts), texts
@@ -229,3 +230,17 @@ def test_gap_findings_name_significant_changes_and_otherwise_the_largest_and_the
         "that are not significant are not evidence of no change"]
     found = gap_findings("gender", _gaps([["prune 90%", "gender", 0.121, 0.05, 0.19, 0.001, 0.004, True]]), power)
     assert found[0].text.startswith("gender: prune 90% widens the gap by 12.1 pp (95 % interval +5.0 to +19.0; Holm-adjusted p 0.004)")
+
+
+def test_tables_navigate_contents_show_all_and_readable_values():
+    import pandas as pd
+
+    from faircompress.report.build import LONG_TABLE, _contents, _section
+
+    df = pd.DataFrame({"variant": [f"v{i}" for i in range(LONG_TABLE + 5)], "p_holm": [0.0004] + [0.5] * (LONG_TABLE + 4),
+                       "significant": [True] + [False] * (LONG_TABLE + 4)})
+    html = _section("Gaps & changes", "note", df)
+    head, _, rest = html.partition("<details>")
+    assert "1 significant of 25 rows" in head and head.count("<td>v") == 1 and "<summary>show all 25 rows</summary>" in rest
+    assert "<td>yes</td>" in head and "<td>&lt; 0.001</td>" in head and "True" not in html and "False" not in html
+    assert '<li><a href="#s-gaps---changes">Gaps &amp; changes</a></li>' in _contents([html])

@@ -227,7 +227,7 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     g = gaps.copy()
     for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high", "se", "detectable"):
         if col in g:
-            g[col] = (100 * g[col]).round(2)
+            g[col] = (100 * g[col]).round(1)
     out.append(_section("Gaps and their change", "gap = max − min group accuracy (pp), over groups of at least 5 test images; "
                         "change of the population-mean gap vs the baseline with a paired bootstrap 95 % interval "
                         f"({gaps.resampled.iloc[0] if len(gaps) else 'subjects'} resampled); p from the bootstrap standard error, "
@@ -235,7 +235,7 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     power = tables["power"].copy()
     if not power.empty:
         for col in ("median_se", "detectable", "detectable_after_correction", "largest_change"):
-            power[col] = (100 * power[col]).round(2)
+            power[col] = (100 * power[col]).round(1)
         out.append(_section("Power: the smallest gap change this study could detect", "pp, with 80 % power at two-sided α 0.05 "
                             "from the gap changes' bootstrap standard errors (test subjects and the spread between repeats); "
                             "'after correction' over every gap change of the study. A change smaller than this that is "
@@ -278,9 +278,46 @@ def _figure_section(figs: list[Path]) -> str:
     return f'<section id="figures"><h2>Figures</h2>{imgs}</section>'
 
 
+LONG_TABLE = 20  # rows shown before "show all"
+
+
 def _section(title: str, note: str, df: pd.DataFrame) -> str:
-    return (f"<section><h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
-            + df.to_html(index=False, na_rep="—", classes="data", border=0) + "</section>")
+    """A titled table; a long one shows its significant rows (or its first ones) and the rest under
+    "show all"."""
+    shown = readable(df)
+    table = shown.to_html(index=False, na_rep="—", classes="data", border=0)
+    if len(df) > LONG_TABLE:
+        key = df["significant"].fillna(False).astype(bool) if "significant" in df else pd.Series(False, index=df.index)
+        head = shown[key.to_numpy()] if key.any() else shown.head(LONG_TABLE)
+        what = f"{len(head)} significant" if key.any() else f"the first {len(head)}"
+        table = (f"<p>{what} of {len(df)} rows:</p>" + head.to_html(index=False, na_rep="—", classes="data", border=0)
+                 + f"<details><summary>show all {len(df)} rows</summary>{table}</details>")
+    return f'<section id="{_anchor(title)}"><h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>{table}</section>'
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """For reading, not for the CSV: yes/— for flags, p-values to 3 significant digits."""
+    out = df.copy()
+    for col in out.columns:
+        values = out[col].dropna()
+        if len(values) and values.map(lambda v: isinstance(v, (bool, np.bool_))).all():
+            out[col] = out[col].map(lambda v: "yes" if isinstance(v, (bool, np.bool_)) and v else "—")
+        elif col in ("p", "p_holm"):
+            out[col] = out[col].map(lambda v: "—" if pd.isna(v) else "< 0.001" if v < 0.001 else f"{v:.3g}")
+    return out
+
+
+def _anchor(title: str) -> str:
+    return "s-" + "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")[:40]
+
+
+def _contents(sections: list[str]) -> str:
+    """A table of contents of the sections that follow the findings."""
+    import re
+
+    items = re.findall(r'<section id="([^"]+)"><h2>([^<]+)</h2>', "".join(sections))
+    links = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in items)
+    return f'<nav id="contents"><h2>Contents</h2><ol>{links}</ol></nav>' if links else ""
 
 
 def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> str:
@@ -295,7 +332,8 @@ def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> st
     title = html.escape(header.get("study", ""))
     first, rest = (sections[0], sections[1:]) if sections else ("", [])
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faircompress report: {title}</title><style>{style}</style>"
-            f"</head><body><h1>faircompress report: {title}</h1>{first}{miss}{details}" + "".join(rest) + _SELF_CHECK + "</body></html>")
+            f"</head><body><h1>faircompress report: {title}</h1>{first}{miss}{details}{_contents(rest)}" + "".join(rest)
+            + _SELF_CHECK + "</body></html>")
 
 
 # Marks the page once loaded with how many figures decoded, so a headless browser can check it.
