@@ -327,13 +327,43 @@ def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> st
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table.data{border-collapse:collapse;font-size:12px}"
              "table.data td,table.data th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right}"
              "figure{display:inline-block;margin:8px;max-width:680px;vertical-align:top}img{max-width:100%}th{text-align:left}"
-             "ul.findings li{margin:4px 0}li.warn{color:#a40}details{margin:1em 0}")
+             "ul.findings li{margin:4px 0}li.warn{color:#a40}details{margin:1em 0}table.data th{cursor:pointer}"
+             "input.filter{display:block;margin:4px 0;font-size:12px}@media print{input.filter{display:none}}")
     details = f"<details id='study'><summary>The study: data, protocol, versions</summary><table>{head}</table></details>"
     title = html.escape(header.get("study", ""))
     first, rest = (sections[0], sections[1:]) if sections else ("", [])
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>faircompress report: {title}</title><style>{style}</style>"
             f"</head><body><h1>faircompress report: {title}</h1>{first}{miss}{details}{_contents(rest)}" + "".join(rest)
-            + _SELF_CHECK + "</body></html>")
+            + _TABLES_JS + _CONTROLS_CHECK + _SELF_CHECK + "</body></html>")
+
+
+# Sortable and filterable tables (plain inline JavaScript, no network): a click on a header sorts by
+# that column (numbers by value, the rest as text; again: the other way); each table gets a filter box.
+_TABLES_JS = """<script>
+function fcSort(th){var t=th.closest('table'),i=[].indexOf.call(th.parentNode.children,th),b=t.tBodies[0];
+var rows=[].slice.call(b.rows),asc=th.getAttribute('data-dir')!=='asc';
+rows.sort(function(x,y){var a=x.cells[i].textContent.trim(),c=y.cells[i].textContent.trim(),na=parseFloat(a),nc=parseFloat(c);
+var d=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?d:-d;});
+rows.forEach(function(r){b.appendChild(r);});th.setAttribute('data-dir',asc?'asc':'desc');}
+function fcFilter(t,q){q=q.toLowerCase();[].forEach.call(t.tBodies[0].rows,function(r){
+r.style.display=r.textContent.toLowerCase().indexOf(q)<0?'none':'';});}
+document.querySelectorAll('table.data').forEach(function(t){
+t.querySelectorAll('thead th').forEach(function(th){th.title='sort';th.addEventListener('click',function(){fcSort(th);});});
+var f=document.createElement('input');f.className='filter';f.placeholder='filter rows';
+f.addEventListener('input',function(){fcFilter(t,f.value);});t.parentNode.insertBefore(f,t);});
+</script>"""
+# With '#check' in the address, the page exercises its own controls once loaded and records the
+# outcome on <body>, so a headless browser (the test) can see that sorting, filtering and
+# "show all" work without a driver.
+_CONTROLS_CHECK = """<script>window.addEventListener('load',function(){if(location.hash!=='#check'){return;}
+var t=document.querySelector('table.data'),b=document.body;if(!t){return;}
+var th=t.querySelector('thead th'),cells=function(){return [].map.call(t.tBodies[0].rows,function(r){return r.cells[0].textContent.trim();});};
+th.click();var up=cells();th.click();var down=cells();
+b.setAttribute('data-sort-check',(down.join('|')===up.slice().reverse().join('|'))?'ok':'failed');
+fcFilter(t,'\u0000no row has this\u0000');var hidden=[].every.call(t.tBodies[0].rows,function(r){return r.style.display==='none';});
+fcFilter(t,'');b.setAttribute('data-filter-check',hidden?'ok':'failed');
+var d=document.querySelector('details:not(#study)');if(d){d.open=true;}
+b.setAttribute('data-show-all-check',d?(d.open&&d.querySelector('table').offsetHeight>0?'ok':'failed'):'none');});</script>"""
 
 
 # Marks the page once loaded with how many figures decoded, so a headless browser can check it.
