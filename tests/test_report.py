@@ -244,3 +244,11 @@ def test_tables_navigate_contents_show_all_and_readable_values():
     assert "1 significant of 25 rows" in head and head.count("<td>v") == 1 and "<summary>show all 25 rows</summary>" in rest
     assert "<td>yes</td>" in head and "<td>&lt; 0.001</td>" in head and "True" not in html and "False" not in html
     assert '<li><a href="#s-gaps---changes">Gaps &amp; changes</a></li>' in _contents([html])
+
+
+def test_the_first_figure_is_the_forest_of_gap_changes_and_a_heat_map_follows(study):
+    html = (study / "report.html").read_text()
+    figs = html[html.index('<section id="figures">'):]
+    names = [chunk.split('"')[0] for chunk in figs.split('<img alt="')[1:]]
+    assert names[0] == "forest-gap-change" and "accuracy-change" in names, names
+    assert (study / "figures" / "forest-gap-change.svg").is_file() and (study / "figures" / "accuracy-change.svg").is_file()

@@ -122,9 +122,12 @@ def _cell(mean, std, lo, hi, too_few: bool, n: int | None = None) -> str:
 
 
 def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path) -> list[Path]:
-    paths = figures.level_curves(res, groups, out)
+    paths = [figures.forest(res, gaps, out)] if gaps.p.notna().any() else []
+    paths += figures.level_curves(res, groups, out)
     if not gaps.empty:
         paths.append(figures.gap_vs_size(res, gaps, out))
+    change_map = figures.accuracy_change_map(res, groups, out)
+    paths += [change_map] if change_map is not None else []
     paths += _weight_figure(res, out, study_dir)
     if res.attributes:
         ref, chosen = A.reference(res), _most_changed(res, gaps)
@@ -257,6 +260,10 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
 
 # How to read each figure, by the start of its file name.
 CAPTIONS = {
+    "forest-": "Each variant's change of each attribute's gap (pp) with its 95 % interval; red: significant after the "
+               "study-wide correction. Right of zero: compression widens the gap.",
+    "accuracy-change": "Change of each group's accuracy against the baseline (pp), per variant: a column redder than the "
+                       "others is a group that compression costs more.",
     "levels-": "Accuracy of each group (and file size) against the compression level of one technique, mean ± std over "
                "its models: lines that drift apart as the level rises are a gap that compression widens.",
     "gap-vs-size": "Change of each attribute's gap against the file's size: points above zero widen the gap; the further "

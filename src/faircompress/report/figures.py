@@ -1,7 +1,8 @@
-"""The study's figures (matplotlib, headless), each written as PNG and SVG: size and accuracy against
-the compression level per technique (the paper's Figures 10, 11, 13, 14), the change of each gap
-against model size with intervals (a Pareto view), weight histograms of one layer before and after
-pruning (Figures 15, 16), and per-group confusion matrices."""
+"""The study's figures (matplotlib, headless), each written as PNG and SVG: a forest plot of every gap
+change with its interval, size and accuracy against the compression level per technique (the paper's
+Figures 10, 11, 13, 14), the change of each gap against model size with intervals (a Pareto view), a
+variant x group heat-map of accuracy change, weight histograms of one layer before and after pruning
+(Figures 15, 16), and per-group confusion matrices."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -141,3 +142,46 @@ def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) 
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower()
+
+
+def forest(res: StudyResults, gaps: pd.DataFrame, out: Path) -> Path:
+    """Each variant's change of each attribute's gap with its 95 % interval, significant ones (after
+    the study-wide correction) in red: the study's answer at a glance."""
+    plt = _plt()
+    tested = gaps[gaps.p.notna() & gaps.attribute.isin(res.attributes)]
+    labels = list(dict.fromkeys(tested.variant))
+    attrs = [a for a in res.attributes if (tested.attribute == a).any()] or res.attributes[:1]
+    fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 0.32 * len(labels) + 1.5), squeeze=False, sharey=True)
+    y = np.arange(len(labels))
+    for ax, attr in zip(axes[0], attrs):
+        g = tested[tested.attribute == attr].set_index("variant").reindex(labels)
+        ok = g.gap_change.notna().to_numpy()
+        change, lo, hi = (100 * g[c].to_numpy(dtype=float)[ok] for c in ("gap_change", "ci_low", "ci_high"))
+        ax.errorbar(change, y[ok], xerr=np.vstack([change - lo, hi - change]), fmt="none", ecolor="0.6", lw=1)
+        ax.scatter(change, y[ok], c=np.where(g.significant.to_numpy(dtype=bool)[ok], "tab:red", "tab:blue"), s=16, zorder=3)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set(title=attr, xlabel="change of gap (pp)")
+    axes[0][0].set_yticks(y, labels)
+    axes[0][0].invert_yaxis()
+    return save(fig, out, "forest-gap-change")
+
+
+def accuracy_change_map(res: StudyResults, groups: pd.DataFrame, out: Path) -> Path | None:
+    """Variant × group heat-map of the change of each group's accuracy against the baseline (pp);
+    groups too small to judge are left out."""
+    reference = res.reference
+    g = groups[groups.attribute.isin(res.attributes) & ~groups.too_few.astype(bool)]
+    if reference is None or g.empty:
+        return None
+    table = g.pivot_table(index="variant", columns=["attribute", "group"], values="accuracy", sort=False)
+    if reference.label not in table.index or len(table) < 2:
+        return None
+    delta = 100 * (table - table.loc[reference.label]).drop(index=reference.label)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(0.55 * delta.shape[1] + 3, 0.35 * len(delta) + 1.8))
+    bound = max(float(np.nanmax(np.abs(delta.to_numpy()))), 1.0)
+    im = ax.imshow(delta.to_numpy(), cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(np.arange(delta.shape[1]), [f"{a}: {grp}" for a, grp in delta.columns], rotation=60, ha="right")
+    ax.set_yticks(np.arange(len(delta)), list(delta.index))
+    fig.colorbar(im, ax=ax, label="accuracy change (pp)")
+    return save(fig, out, "accuracy-change")
