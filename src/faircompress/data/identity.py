@@ -77,11 +77,12 @@ class DigestMemo:
                 self.entries = {}
 
     def digest(self, path: Path) -> str:
+        """``path``'s SHA-256 (``path`` resolved: it keys the memo)."""
         if path.suffix.lower() not in IMAGE_SUFFIXES or self.path is None:
             return file_sha256(path)
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        key = str(path.resolve())
+        key = str(path)
         known = self.entries.get(key)
         if known is not None and known[:3] == stamp:
             return known[3]
@@ -103,8 +104,9 @@ def manifest(*roots: str | os.PathLike, threads: int | None = None, memo: Path |
     named, seen = [], set()
     for root in roots:
         for name, path in _files_under(Path(root)):
-            if path.resolve() not in seen:  # a file under two roots (a CSV inside the image folder) counts once
-                seen.add(path.resolve())
+            path = path.resolve()
+            if path not in seen:  # a file under two roots (a CSV inside the image folder) counts once
+                seen.add(path)
                 named.append((name, path))
 
     remembered = DigestMemo(memo)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .results import INTERSECTION, StudyResults
-from .tables import LEAK_NOTE
+from .tables import LEAK_NOTE, scalar_means
 
 TOLERANCE_PP = 1.0  # "buys" = the smallest file within this accuracy of the baseline's
 
@@ -99,14 +99,13 @@ def technique_findings(res: StudyResults, stats: pd.DataFrame) -> list[Finding]:
 
 def _variant_means(res: StudyResults, stats: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: label, technique, reference flag, mean size (MB) and mean accuracy."""
-    scal = stats[stats.attribute.eq("") & stats.measure.isin(["size_mb", "accuracy"])]
-    if scal.empty:
+    means = scalar_means(stats)
+    if means.empty or not {"size_mb", "accuracy"} <= set(means.columns):
         return pd.DataFrame()
-    wide = scal.pivot_table(index=["key", "variant"], columns="measure", values="mean", sort=False).reset_index()
     by_key = {v.key: v for v in res.variants}
-    wide["technique"] = wide.key.map(lambda k: by_key[k].technique)
-    wide["is_reference"] = wide.key.map(lambda k: by_key[k].is_reference).astype(bool)
-    return wide
+    return pd.DataFrame({"variant": [by_key[k].label for k in means.index], "size_mb": means.size_mb.to_numpy(),
+                         "accuracy": means.accuracy.to_numpy(), "technique": [by_key[k].technique for k in means.index],
+                         "is_reference": [bool(by_key[k].is_reference) for k in means.index]})
 
 
 def warnings(res: StudyResults, groups: pd.DataFrame, missing: list[str]) -> list[Finding]:

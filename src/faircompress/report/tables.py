@@ -96,11 +96,17 @@ def paper_table(stats: pd.DataFrame, digits: int = 2, attribute: str | None = No
     return out.reset_index(drop=True)
 
 
+def scalar_means(stats: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's mean of every scalar measure (size, accuracy, deployment), one row per key in
+    the study's order."""
+    means = stats[stats.attribute.eq("")].pivot(index="key", columns="measure", values="mean")
+    return means.reindex(list(dict.fromkeys(stats.key)))
+
+
 def deployment_table(stats: pd.DataFrame) -> pd.DataFrame:
     """Means of the deployment measures of the exported files."""
-    means = stats[stats.attribute.eq("")].pivot(index="key", columns="measure", values="mean")
     keys = list(dict.fromkeys(stats.key))
-    means = means.reindex(keys)
+    means = scalar_means(stats)
     out = pd.DataFrame({"variant": stats.drop_duplicates("key").set_index("key").variant.reindex(keys),
                         "zipped MB": means["size_mb"].round(3)})
     if "raw_bytes" in means:
