@@ -32,13 +32,14 @@ def test_report_opens_in_a_browser_with_every_image_and_table(study, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs it)")
 def test_report_controls_work_in_a_browser_without_console_errors(study, tmp_path):
-    """With '#check' the page clicks a header twice, filters, and opens 'show all', and records each
-    outcome on <body>; Chromium's log carries any script error."""
+    """With '#check' the page measures its first screen, clicks a header twice, filters, and opens
+    'show all', and records each outcome on <body>; Chromium's log carries any script error."""
     url = (study / "report.html").resolve().as_uri() + "#check"
     run = subprocess.run([CHROMIUM, *FLAGS, "--user-data-dir=" + str(tmp_path / "profile"), "--enable-logging=stderr", "--v=0",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120)
+                          "--window-size=1400,900", "--dump-dom", url], capture_output=True, text=True, timeout=120)
     body = re.search(r"<body[^>]*>", run.stdout).group(0)
     assert 'data-sort-check="ok"' in body and 'data-filter-check="ok"' in body, body
+    assert 'data-first-screen="ok"' in body, body  # the findings and the first figure fit a 1400x900 window
     assert re.search(r'data-show-all-check="(ok|none)"', body), body
     assert "Uncaught" not in run.stderr and "SyntaxError" not in run.stderr, run.stderr[-2000:]
     dom = run.stdout

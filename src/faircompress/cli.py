@@ -110,6 +110,29 @@ def show(study_dir: Path = typer.Argument(..., help="a study directory (holds re
 
 
 @app.command()
+def export(
+    study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)"),
+    format: str = typer.Option(..., "--format", "-f", help="the layout to write (see `faircompress plugins`), e.g. stoychev"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write into (default: STUDY_DIR/export/FORMAT)"),
+) -> None:
+    """Write a study's results in another tool's layout; `stoychev`: one pickled metric dict per
+    model, as the paper's authors' evaluation scripts wrote them (logs/ or logs_rafdb/)."""
+    from .export import EXPORT_FORMATS
+    from .export.stoychev import ExportError
+    from .report.results import NothingToAnalyse
+
+    if format not in EXPORT_FORMATS:
+        _fail(f"--format: export format {format!r} is unknown (known: {', '.join(EXPORT_FORMATS.names())})")
+    try:
+        done = EXPORT_FORMATS.get(format)(study_dir, out if out is not None else study_dir / "export" / format)
+    except (StoreError, EnvironmentFault, ExportError, NothingToAnalyse) as e:
+        _fail_on(e)
+    for line in done.skipped:
+        err.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(done.files)} metric files and index.csv to {done.folder}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def verify(study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)")) -> None:
     """Check every finished run's file against the SHA-256 recorded with its results. Exits 1 if
     one is missing or altered (`faircompress run` rebuilds those)."""

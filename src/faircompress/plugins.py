@@ -21,6 +21,7 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
     from .compress.recipes import STEPS, TrainStep
     from .data.registry import DATASETS
     from .evaluate.metrics import GROUP_METRICS
+    from .export import EXPORT_FORMATS
     from .models.registry import FIXED_ARGUMENTS, MODELS
 
     datasets = [PluginRow(n, _fields(s.params), _first_line(sys.modules.get(s.load.__module__))) for n, s in DATASETS.items()]
@@ -30,7 +31,8 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
                        + (f", level = {cls.level}" if cls.level else "") + f"; {_first_line(sys.modules.get(cls.__module__))}")
              for n, cls in STEPS.items()]
     metrics = [PluginRow(n, "", _first_line(f)) for n, f in GROUP_METRICS.items()]
-    return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics}
+    exports = [PluginRow(n, "", _first_line(f)) for n, f in EXPORT_FORMATS.items()]
+    return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics, "export formats": exports}
 
 
 def _fields(params: type[BaseModel]) -> str:

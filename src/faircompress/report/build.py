@@ -21,6 +21,7 @@ from . import analysis as A
 from . import figures
 from . import tables as T
 from .findings import as_html, findings
+from . import paper as P
 from .results import NothingToAnalyse, StudyResults, Variant, load_results
 from .tables import markdown_table
 
@@ -58,14 +59,14 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     res = _loaded(store, report.missing)
     sections: list[str] = []
     if res is not None:
-        report.tables = _tables(res, n_boot, seed, say)
+        report.tables = _tables(res, n_boot, seed, say, _dataset_name(runs))
         for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
         say("figures")
         report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir)
         found = findings(res, report.tables["gaps"], report.tables["power"], T.variant_stats(res), report.tables["groups"],
                          report.missing)
-        sections = [as_html(found), _figure_section(report.figures), *_sections(res, report.tables)]
+        sections = [_opening(as_html(found), report.figures[:1]), _figure_section(report.figures[1:]), *_sections(res, report.tables)]
     write_text_atomic(report.html, _html(_header(runs, res), report.missing, sections))
     return report
 
@@ -83,7 +84,11 @@ def _loaded(store: ResultStore, missing: list[str]) -> StudyResults | None:
     return res
 
 
-def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress) -> dict[str, pd.DataFrame]:
+def _dataset_name(runs: pd.DataFrame) -> str:
+    return str(json.loads(runs.config_json.iloc[0]).get("dataset", {}).get("name", "")) if not runs.empty else ""
+
+
+def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress, dataset: str = "") -> dict[str, pd.DataFrame]:
     say("group accuracies and intervals")
     groups = A.group_table(res, n_boot, seed)
     say(f"paired bootstrap of gap changes ({n_boot} resamples)")
@@ -94,7 +99,14 @@ def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress) -> dict[st
     return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "power": A.power_table(res, gaps), "mcnemar": A.mcnemar_table(res, seed),
             "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
             "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
-            "baselines": T.baseline_table(res).drop(columns=["run_id"])}
+            "baselines": T.baseline_table(res).drop(columns=["run_id"])} | _paper_tables(res, dataset)
+
+
+def _paper_tables(res: StudyResults, dataset: str) -> dict[str, pd.DataFrame]:
+    """Our numbers beside the paper's table, for a study on one of the paper's datasets."""
+    if P.paper_table(dataset) is None:
+        return {}
+    return {"paper_comparison": P.comparison(res, dataset).assign(table=P.TABLE_NAMES[dataset])}
 
 
 def paper_with_intervals(res: StudyResults, groups: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -227,6 +239,8 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     method = A.interval_method(res)
     out = [_section("Accuracy per group", f"mean ± std over each population's models, [95 % interval of the population mean: "
                     f"{method}]; groups with fewer than 5 test images are marked as too few.", tables["paper"])]
+    if "paper_comparison" in tables:
+        out.append(_paper_section(res, tables["paper_comparison"]))
     g = gaps.copy()
     for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high", "se", "detectable"):
         if col in g:
@@ -258,6 +272,23 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     return out
 
 
+def _paper_section(res: StudyResults, long: pd.DataFrame) -> str:
+    title = "Beside the paper"
+    if long.empty:
+        return (f'<section id="{_anchor(title)}"><h2>{title}</h2><p>None of the study\'s variants is one of the paper\'s '
+                "(the baseline, int8-weights quantisation, pruning in whole percent, clustering, each alone or followed by "
+                "int8-weights).</p></section>")
+    table = str(long.table.iloc[0])
+    dataset = next(k for k, v in P.TABLE_NAMES.items() if v == table)
+    missing = P.unmatched_rows(res, dataset)
+    note = (f"Stoychev & Gunes (2022), {table}: each cell is ours (the paper's). Ours: the mean over the variant's "
+            f"{int(long.models.max())} models or fewer (tables/report-paper_comparison.csv has the std and the difference); "
+            "the paper's: one model per variant. Sizes in MB of 10^6 bytes: our zipped ONNX file beside their zipped Keras or "
+            "TFLite file." + (f" Not in this study: {len(missing)} of the paper's {len(P.paper_table(dataset))} rows "
+                              f"({', '.join(missing)})." if missing else ""))
+    return _section(title, note, P.side_by_side(long))
+
+
 # How to read each figure, by the start of its file name.
 CAPTIONS = {
     "forest-": "Each variant's change of each attribute's gap (pp) with its 95 % interval; red: significant after the "
@@ -279,10 +310,19 @@ def caption(stem: str) -> str:
     return next((text for prefix, text in CAPTIONS.items() if stem.startswith(prefix)), stem)
 
 
+def _figure(path: Path, css: str = "") -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure{f" class={css!r}" if css else ""}><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{html.escape(path.stem)}</b>: {html.escape(caption(path.stem))}</figcaption></figure>")
+
+
+def _opening(findings_html: str, lead: list[Path]) -> str:
+    """The first screen: the findings beside the first figure (below it on a narrow screen)."""
+    return f'<div class="opening">{findings_html}{"".join(_figure(p, "lead") for p in lead)}</div>'
+
+
 def _figure_section(figs: list[Path]) -> str:
-    imgs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   f"<figcaption><b>{html.escape(p.stem)}</b>: {html.escape(caption(p.stem))}</figcaption></figure>" for p in figs)
-    return f'<section id="figures"><h2>Figures</h2>{imgs}</section>'
+    return f'<section id="figures"><h2>Figures</h2>{"".join(_figure(p) for p in figs)}</section>'
 
 
 LONG_TABLE = 20  # rows shown before "show all"
@@ -334,8 +374,12 @@ def _html(header: dict[str, str], missing: list[str], sections: list[str]) -> st
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table.data{border-collapse:collapse;font-size:12px}"
              "table.data td,table.data th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right}"
              "figure{display:inline-block;margin:8px;max-width:680px;vertical-align:top}img{max-width:100%}th{text-align:left}"
-             "ul.findings li{margin:4px 0}li.warn{color:#a40}details{margin:1em 0}table.data th{cursor:pointer}"
-             "input.filter{display:block;margin:4px 0;font-size:12px}@media print{input.filter{display:none}}")
+             "ul.findings li{margin:3px 0}li.warn{color:#a40}details{margin:1em 0}table.data th{cursor:pointer}"
+             "input.filter{display:block;margin:4px 0;font-size:12px}section{overflow-x:auto}"
+             ".opening{display:flex;flex-wrap:wrap;gap:0 24px;align-items:flex-start}.opening>section{flex:1 1 540px;min-width:0}"
+             ".opening>figure{flex:1 1 540px;max-width:none;margin:12px 0}ul.findings{font-size:14px;padding-left:1.2em}"
+             "p.note{font-size:13px;color:#555}nav#contents ol{columns:2;margin-top:0}"
+             "@media print{input.filter{display:none}.opening{display:block}}")
     details = f"<details id='study'><summary>The study: data, protocol, versions</summary><table>{head}</table></details>"
     title = html.escape(header.get("study", ""))
     first, rest = (sections[0], sections[1:]) if sections else ("", [])
@@ -360,10 +404,12 @@ var f=document.createElement('input');f.className='filter';f.placeholder='filter
 f.addEventListener('input',function(){fcFilter(t,f.value);});t.parentNode.insertBefore(f,t);});
 </script>"""
 # With '#check' in the address, the page exercises its own controls once loaded and records the
-# outcome on <body>, so a headless browser (the test) can see that sorting, filtering and
-# "show all" work without a driver.
+# outcome on <body>, so a headless browser (the test) can see that the findings and the first figure
+# fit the window, and that sorting, filtering and "show all" work, without a driver.
 _CONTROLS_CHECK = """<script>window.addEventListener('load',function(){if(location.hash!=='#check'){return;}
-var t=document.querySelector('table.data'),b=document.body;if(!t){return;}
+var b=document.body,f=document.getElementById('findings'),l=document.querySelector('figure.lead img');
+b.setAttribute('data-first-screen',(f&&l&&f.getBoundingClientRect().top<innerHeight&&l.getBoundingClientRect().bottom<=innerHeight)?'ok':'failed');
+var t=document.querySelector('table.data');if(!t){return;}
 var th=t.querySelector('thead th'),cells=function(){return [].map.call(t.tBodies[0].rows,function(r){return r.cells[0].textContent.trim();});};
 th.click();var up=cells();th.click();var down=cells();
 b.setAttribute('data-sort-check',(down.join('|')===up.slice().reverse().join('|'))?'ok':'failed');

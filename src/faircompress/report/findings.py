@@ -11,6 +11,8 @@ import pandas as pd
 from .results import INTERSECTION, StudyResults
 from .tables import LEAK_NOTE, scalar_means
 
+NOT_EVIDENCE = ("A change that is not significant and smaller than what the study could detect is not evidence of no "
+                "change.")
 TOLERANCE_PP = 1.0  # "buys" = the smallest file within this accuracy of the baseline's
 
 
@@ -49,17 +51,17 @@ def gap_findings(attr: str, gaps: pd.DataFrame, power: pd.DataFrame) -> list[Fin
         out.append(Finding("gap", f"{attr}: {r.variant} {verb} the gap by {abs(100 * r.gap_change):.1f} pp "
                                   f"({_interval(r.ci_low, r.ci_high)}; Holm-adjusted p {r.p_holm:.3g}), significant after correction"))
     rest = tested[~tested.significant]
+    row = power[power.attribute == attr]
+    detectable = (f"; it could detect about {100 * float(row.detectable_after_correction.iloc[0]):.1f} pp "
+                  "(80 % power after the correction)") if not row.empty else ""
     if not rest.empty:
         top = rest.loc[rest.gap_change.abs().idxmax()]
         lead = ("no variant changes the gap significantly after correction" if len(out) == 0
                 else f"{len(rest)} other change(s) are not significant")
         out.append(Finding("gap", f"{attr}: {lead} ({len(tested)} tested); the largest non-significant change is "
-                                  f"{_pp(top.gap_change)} ({top.variant}; {_interval(top.ci_low, top.ci_high)})"))
-    row = power[power.attribute == attr]
-    if not row.empty:
-        out.append(Finding("gap", f"{attr}: this study could detect a gap change of about "
-                                  f"{100 * float(row.detectable_after_correction.iloc[0]):.1f} pp (80 % power after the correction); "
-                                  "smaller changes that are not significant are not evidence of no change"))
+                                  f"{_pp(top.gap_change)} ({top.variant}; {_interval(top.ci_low, top.ci_high)}){detectable}"))
+    elif detectable:
+        out.append(Finding("gap", f"{attr}: the study{detectable.removeprefix('; it')}"))
     return out
 
 
@@ -135,7 +137,8 @@ def as_html(items: list[Finding]) -> str:
         return ""
     css = {"warning": "warn", "gap": "gap", "technique": "tech"}
     lis = "".join(f'<li class="{css[f.kind]}">{html.escape(f.text)}</li>' for f in items)
-    return f'<section id="findings"><h2>Findings</h2><ul class="findings">{lis}</ul></section>'
+    note = (f"<p class='note'>{html.escape(NOT_EVIDENCE)}</p>" if any(f.kind == "gap" for f in items) else "")
+    return f'<section id="findings"><h2>Findings</h2><ul class="findings">{lis}</ul>{note}</section>'
 
 
 __all__ = ["Finding", "findings", "as_html"]
