@@ -82,18 +82,21 @@ def run(
 def report(
     study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)"),
     bootstrap: int = typer.Option(1000, min=100, help="bootstrap resamples for the gap-change intervals"),
+    layer: list[str] = typer.Option([], "--layer", help="also plot this weight before and after pruning (repeatable; "
+                                    "names as in the report's 'Layers of each file')"),
 ) -> None:
     """Write report.html (figures embedded, opens offline) and tables/ in Markdown, CSV and LaTeX."""
-    _report(study_dir, bootstrap)
+    _report(study_dir, bootstrap, tuple(layer))
 
 
-def _report(study_dir: Path, n_boot: int) -> None:
+def _report(study_dir: Path, n_boot: int, layers: tuple[str, ...] = ()) -> None:
     from .report.build import write_report
+    from .report.weights import UnknownLayer
 
     try:
         with console.status("report ...") as status:
-            rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."))
-    except (StoreError, EnvironmentFault) as e:
+            rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."), layers=layers)
+    except (StoreError, EnvironmentFault, UnknownLayer) as e:
         _fail_on(e)
     for line in rep.missing:
         err.print(f"[yellow]missing:[/] {line}", highlight=False, soft_wrap=True)

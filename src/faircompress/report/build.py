@@ -15,13 +15,13 @@ import pandas as pd
 from ..atomic import write_text_atomic
 from ..compress.recipes import REFERENCE_LABEL
 from ..plan import stale_protocol
-from ..evaluate.size import is_kernel
 from ..store import ResultStore, StoreError
 from . import analysis as A
 from . import figures
 from . import tables as T
 from .findings import as_html, findings
 from . import paper as P
+from . import weights as W
 from .results import NothingToAnalyse, StudyResults, Variant, load_results
 from .tables import markdown_table
 
@@ -36,19 +36,21 @@ class Report:
     missing: list[str] = field(default_factory=list)
 
 
-def write_report(study_dir: str | Path, n_boot: int = 1000, seed: int = 0, progress: Progress | None = None) -> Report:
+def write_report(study_dir: str | Path, n_boot: int = 1000, seed: int = 0, progress: Progress | None = None,
+                 layers: tuple[str, ...] = ()) -> Report:
     """Analyse a study and write ``report.html``, ``tables/`` and ``figures/`` into its directory.
-    A study with nothing to analyse still gets a report that says what is missing."""
+    A study with nothing to analyse still gets a report that says what is missing. ``layers``: weights
+    to plot before and after pruning besides the paper's two (`weights.UnknownLayer` if one is not there)."""
     study_dir = Path(study_dir)
     say = progress or (lambda msg: None)
     store = ResultStore.open_existing(study_dir)  # StoreError if this is not a study
     try:
-        return _write(store, study_dir, n_boot, seed, say)
+        return _write(store, study_dir, n_boot, seed, say, list(layers))
     finally:
         store.close()
 
 
-def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress) -> Report:
+def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress, layers: list[str]) -> Report:
     out_tables, out_figs = study_dir / "tables", study_dir / "figures"
     report = Report(html=study_dir / "report.html")
     runs = store.runs()
@@ -59,11 +61,11 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     res = _loaded(store, report.missing)
     sections: list[str] = []
     if res is not None:
-        report.tables = _tables(res, n_boot, seed, say, _dataset_name(runs))
+        report.tables = _tables(res, n_boot, seed, say, _dataset_name(runs)) | _weight_tables(res, study_dir)
         for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
         say("figures")
-        report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir)
+        report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir, layers)
         found = findings(res, report.tables["gaps"], report.tables["power"], T.variant_stats(res), report.tables["groups"],
                          report.missing)
         sections = [_opening(as_html(found), report.figures[:1]), _figure_section(report.figures[1:]), *_sections(res, report.tables)]
@@ -133,30 +135,29 @@ def _cell(mean, std, lo, hi, too_few: bool, n: int | None = None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path) -> list[Path]:
+def _weight_tables(res: StudyResults, study_dir: Path) -> dict[str, pd.DataFrame]:
+    """The weights of the baseline files against the paper's explanation, and every file's kernels."""
+    spread = W.spread_table(res, study_dir)
+    accuracy = T.scalar_means(T.variant_stats(res)).get("accuracy", pd.Series(dtype=float))
+    return {"weight_spread": W.spread_summary(spread), "pruning_cut": W.cut_table(res, spread, accuracy),
+            "kernels": W.kernel_table(res)}
+
+
+def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path, layers: list[str] = ()) -> list[Path]:
     paths = [figures.forest(res, gaps, out)] if gaps.p.notna().any() else []
     paths += figures.level_curves(res, groups, out)
     if not gaps.empty:
         paths.append(figures.gap_vs_size(res, gaps, out))
     change_map = figures.accuracy_change_map(res, groups, out)
     paths += [change_map] if change_map is not None else []
-    paths += _weight_figure(res, out, study_dir)
+    sizes = figures.sizes(res, out)
+    paths += [sizes] if sizes is not None else []
+    variant, pairs = W.weight_pairs(res, study_dir, list(layers))
+    paths += [figures.weight_histograms(before, after, name, variant.label, out, variant.level) for name, (before, after) in pairs.items()]
     if res.attributes:
         ref, chosen = A.reference(res), _most_changed(res, gaps)
         paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
     return paths
-
-
-def _weight_figure(res: StudyResults, out: Path, study_dir: Path) -> list[Path]:
-    """Histograms of the largest kernel: the baseline's export against the strongest pruning."""
-    pruned = res.run_table().query("technique == 'prune'")
-    if pruned.empty:
-        return []
-    run = pruned.sort_values(["level", "repeat"], ascending=[False, True]).iloc[0]
-    arts = res.runs.set_index("run_id").artefact
-    before, after = (_initializers(study_dir, arts.get(r)) for r in (A.reference(res).run_ids[0], run.run_id))
-    common = [k for k in sorted(before, key=lambda k: -before[k].size) if k in after]
-    return [figures.weight_histograms(before[common[0]], after[common[0]], common[0], run.variant, out)] if common else []
 
 
 def _most_changed(res: StudyResults, gaps: pd.DataFrame) -> Variant:
@@ -168,21 +169,6 @@ def _most_changed(res: StudyResults, gaps: pd.DataFrame) -> Variant:
     g = g.assign(key=g.gap_change.abs() + g.significant.astype(float))
     label = str(g.sort_values("key").variant.iloc[-1])
     return next(v for v in res.variants if v.label == label)
-
-
-def _initializers(study_dir: Path, artefact: str | None) -> dict[str, np.ndarray]:
-    """The float kernels of an exported file (artefact paths are stored relative to the study)."""
-    path = Path(artefact) if artefact else None
-    if path is not None and not path.is_absolute():
-        path = study_dir / path
-    if path is None or not path.exists():
-        return {}
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    floats = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    return {name: a for name, a in floats.items() if is_kernel(a)}
 
 
 # ----------------------------------------------------------------------------- files
@@ -269,6 +255,28 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     if not errs.empty:
         out.append(_section("CEV and SDE against the baseline", "Blakeney et al. (2021); classes with a zero baseline rate are left out.",
                             errs.round(4)))
+    return out + _weight_sections(tables)
+
+
+def _weight_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    out = []
+    spread, cut, kernels = (tables.get(k, pd.DataFrame()) for k in ("weight_spread", "pruning_cut", "kernels"))
+    if not spread.empty:
+        out.append(_section("Weight spread of the baseline files", f"The paper's explanation of fragility (Discussion, Figs. "
+                            f"15-16) as numbers, per layer, mean over the baseline models: the std of the weights, excess "
+                            f"kurtosis (peakedness), the share within ±{W.BAND:g} sd of zero, where 60 % magnitude pruning cuts "
+                            "(in sds) and the share of the squared weight it removes. A narrow, peaked layer loses little "
+                            "when cut; a wide one loses weights far from zero.", spread.round(4)))
+    if not cut.empty:
+        out.append(_section("Where each pruning level cuts, beside what it cost", "Per sparsity: the cut in sds and the "
+                            "energy removed, weighted over layers by their size, beside the accuracy the study's pruning at "
+                            "that level changed (pp against the baseline, after fine-tuning; — where the study did not prune "
+                            "at that level). If the paper's argument holds, the accuracy falls where the cut and the energy "
+                            "removed climb.", cut.round(4)))
+    if not kernels.empty:
+        out.append(_section("Layers of each file", "What each run recorded of its file, per kernel (mean over the variant's "
+                            "runs): elements, the share of zeros, the number of distinct values (clustering leaves as many "
+                            "as clusters) and the storage type.", kernels.round(4)))
     return out
 
 
@@ -299,7 +307,10 @@ CAPTIONS = {
                "its models: lines that drift apart as the level rises are a gap that compression widens.",
     "gap-vs-size": "Change of each attribute's gap against the file's size: points above zero widen the gap; the further "
                    "left, the smaller the file.",
-    "weights": "Distribution of the largest kernel's weights in the baseline's file and in the most pruned one.",
+    "sizes": "Zipped size of every variant by technique, each level before (blue) and after (orange) quantisation; "
+             "above each bar its compression ratio against the baseline.",
+    "weights-": "One layer's weights in the baseline's file and pruned at 60 % (or the nearest level; log counts): the "
+                "dashed lines mark where the cut falls. The paper reads a wide gap in the middle as fragility.",
     "confusion-": "Confusion matrices per group, the baseline beside the variant whose gap changed most: where the "
                   "groups' errors differ.",
 }

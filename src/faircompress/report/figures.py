@@ -107,14 +107,62 @@ def gap_vs_size(res: StudyResults, gaps: pd.DataFrame, out: Path) -> Path:
     return save(fig, out, "gap-vs-size")
 
 
-def weight_histograms(before: np.ndarray, after: np.ndarray, layer: str, variant: str, out: Path) -> Path:
+def weight_histograms(before: np.ndarray, after: np.ndarray, layer: str, variant: str, out: Path, sparsity: float) -> Path:
+    """One layer's weights in the baseline's file and in a pruned file (the paper's Figs. 15 and 16);
+    dashed: the magnitude under which that share of the baseline's weights lies (where the cut falls;
+    fine-tuning then moves the survivors)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharex=True)
+    cut = float(np.quantile(np.abs(before), sparsity)) if 0 < sparsity < 1 else 0.0
     for ax, w, title in [(axes[0], before, "baseline"), (axes[1], after, variant)]:
         ax.hist(w.ravel(), bins=120, color="tab:blue")
         ax.set(title=f"{title}: {layer} ({np.mean(w == 0):.0%} zeros)", xlabel="weight", ylabel="count")
         ax.set_yscale("log")
-    return save(fig, out, "weights")
+        for x in (-cut, cut) if cut else ():
+            ax.axvline(x, color="k", ls="--", lw=0.7)
+    return save(fig, out, f"weights-{_slug(layer)}")
+
+
+def sizes(res: StudyResults, out: Path) -> Path | None:
+    """Zipped size of every variant, grouped by technique, each level's file before and after
+    quantisation side by side, with its compression ratio against the baseline (the paper's Figs. 9
+    and 12; the ratio is the Sun et al. measure)."""
+    runs = res.run_table()
+    if runs.empty or res.reference is None:
+        return None
+    plt = _plt()
+    mean = runs.groupby("key", sort=False).size_mb.mean()
+    base = float(mean[res.reference.key])
+    families: dict[str, list] = {}
+    for v in res.variants:
+        family = v.technique.removesuffix(" + quantize") if v.technique != "quantize" else "baseline"
+        families.setdefault("baseline" if v.is_reference else family, []).append(v)
+    fig, axes = plt.subplots(1, len(families), figsize=(max(4.0, 3.2 * len(families)), 3.6), squeeze=False)
+    for ax, (family, variants) in zip(axes[0], families.items()):
+        levels = sorted({v.level for v in variants if np.isfinite(v.level)})
+        if levels:
+            _level_size_bars(ax, variants, levels, mean, base)
+        else:  # the baseline and its quantised files: one bar each
+            for i, v in enumerate(variants):
+                _size_bar(ax, i, mean[v.key], base, "tab:orange" if i else "tab:blue")
+            ax.set_xticks(range(len(variants)), [v.label.split(" (")[0] for v in variants], fontsize=7, rotation=30)
+        ax.set(title=family, ylabel="zipped MB")
+    return save(fig, out, "sizes")
+
+
+def _level_size_bars(ax, variants: list, levels: list[float], mean: pd.Series, base: float) -> None:
+    for shift, quantised, colour in ((-0.2, False, "tab:blue"), (0.2, True, "tab:orange")):
+        for i, level in enumerate(levels):
+            match = [v for v in variants if ("quantize" in v.technique) == quantised and v.level == level]
+            if match:
+                _size_bar(ax, i + shift, mean[match[0].key], base, colour, width=0.4)
+    ax.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels], fontsize=7)
+    ax.set_xlabel("level (blue: not quantised, orange: quantised)", fontsize=7)
+
+
+def _size_bar(ax, x: float, size: float, base: float, colour: str, width: float = 0.6) -> None:
+    ax.bar(x, size, width=width, color=colour)
+    ax.text(x, size, f"{base / size:.1f}×", ha="center", va="bottom", fontsize=6)
 
 
 def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) -> Path:
