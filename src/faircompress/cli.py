@@ -113,6 +113,25 @@ def show(study_dir: Path = typer.Argument(..., help="a study directory (holds re
 
 
 @app.command()
+def compare(
+    study_dirs: list[Path] = typer.Argument(..., help="two or more study directories; the first is the one the others are compared with"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for compare.html, tables/ and figures/"),
+    bootstrap: int = typer.Option(1000, min=100, help="bootstrap resamples for the intervals"),
+) -> None:
+    """Compare studies (e.g. one per dataset) on the variants and attributes they share: robustness,
+    gap changes, weight spread; what one study lacks is listed, not compared."""
+    from .report.compare import CompareError, write_comparison
+    from .report.results import NothingToAnalyse
+
+    try:
+        with console.status("compare ...") as status:
+            page = write_comparison(study_dirs, out, n_boot=bootstrap, say=lambda msg: status.update(f"compare: {msg} ..."))
+    except (StoreError, EnvironmentFault, CompareError, NothingToAnalyse) as e:
+        _fail_on(e)
+    console.print(f"comparison: {page}  (tables in {out / 'tables'})", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def export(
     study_dir: Path = typer.Argument(..., help="a study directory (holds results.sqlite)"),
     format: str = typer.Option(..., "--format", "-f", help="the layout to write (see `faircompress plugins`), e.g. stoychev"),

@@ -154,6 +154,20 @@ def paired_gap_bootstrap(base_correct: np.ndarray, var_correct: np.ndarray, grou
     return mean_gap(var_correct) - mean_gap(base_correct)
 
 
+def paired_accuracy_bootstrap(base_correct: np.ndarray, var_correct: np.ndarray, units: np.ndarray,
+                              n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of the change of population-mean accuracy (variant minus baseline) on the
+    same test images: units (subjects, or images) and each population's models resampled, paired as in
+    `paired_gap_bootstrap`. correct arrays: (R, N)."""
+    rs = ClusterResample.draw(np.zeros(len(units), dtype=np.int64), 1, units, n_boot, seed)
+
+    def mean_accuracy(correct: np.ndarray) -> np.ndarray:
+        acc = rs.group_accuracy(correct)[:, :, 0]  # (B, R)
+        return np.einsum("br,br->b", rs.model_weights(acc.shape[1]), acc)
+
+    return mean_accuracy(var_correct) - mean_accuracy(base_correct)
+
+
 def bootstrap_p(estimate: float, boot: np.ndarray) -> float:
     """Two-sided p-value of 'no change' from a bootstrap distribution, by the normal approximation
     with the bootstrap standard error (percentile p-values cannot go below 1 / B, too coarse for a

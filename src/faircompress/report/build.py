@@ -321,10 +321,10 @@ def caption(stem: str) -> str:
     return next((text for prefix, text in CAPTIONS.items() if stem.startswith(prefix)), stem)
 
 
-def _figure(path: Path, css: str = "") -> str:
+def _figure(path: Path, css: str = "", text: str | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure{f" class={css!r}" if css else ""}><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{html.escape(path.stem)}</b>: {html.escape(caption(path.stem))}</figcaption></figure>")
+            f"<figcaption><b>{html.escape(path.stem)}</b>: {html.escape(text or caption(path.stem))}</figcaption></figure>")
 
 
 def _opening(findings_html: str, lead: list[Path]) -> str:

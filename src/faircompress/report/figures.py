@@ -188,6 +188,50 @@ def confusion_by_group(res: StudyResults, variants: list, attr: str, out: Path) 
     return save(fig, out, f"confusion-{_slug(attr)}")
 
 
+def study_accuracy_curves(changes: pd.DataFrame, out: Path) -> list[Path]:
+    """Per technique with levels: each study's accuracy change against level with its 95 % interval."""
+    plt = _plt()
+    paths = []
+    for technique, rows in changes.dropna(subset=["level"]).groupby("technique", sort=False):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        for study, r in rows.groupby("study", sort=False):
+            r = r.sort_values("level")
+            change = 100 * r["accuracy change"]
+            ax.errorbar(r.level, change, yerr=[change - 100 * r.ci_low, 100 * r.ci_high - change], fmt="o-", capsize=3, label=study)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(title=f"{technique}: accuracy change by study", xlabel="level", ylabel="pp vs the study's baseline")
+        ax.legend(fontsize=7)
+        paths.append(save(fig, out, f"compare-accuracy-{_slug(technique)}"))
+    return paths
+
+
+def study_gap_forest(gaps: pd.DataFrame, out: Path) -> Path | None:
+    """Per attribute: each shared variant's gap change in each study with its interval (red: significant
+    within its study)."""
+    singles = gaps[~gaps.attribute.str.contains(" × ", regex=False)] if not gaps.empty else gaps
+    if singles.empty:
+        return None
+    plt = _plt()
+    attrs, studies = list(dict.fromkeys(singles.attribute)), list(dict.fromkeys(singles.study))
+    variants = list(dict.fromkeys(singles.variant))
+    fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 1.5, 0.3 * len(variants) * len(studies) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, attr in zip(axes[0], attrs):
+        for j, study in enumerate(studies):
+            r = singles[(singles.attribute == attr) & (singles.study == study)].set_index("variant").reindex(variants)
+            y = np.arange(len(variants)) + 0.8 * j / max(len(studies), 1)
+            ax.errorbar(100 * r.gap_change, y, xerr=[100 * (r.gap_change - r.ci_low), 100 * (r.ci_high - r.gap_change)],
+                        fmt="o", ms=3, lw=0.8, label=study)
+            sig = r.significant.fillna(False).astype(bool).to_numpy()
+            ax.plot(100 * r.gap_change[sig], y[sig], "o", color="red", ms=4)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set(title=attr, xlabel="change of gap (pp)")
+    axes[0][0].set_yticks(np.arange(len(variants)) + 0.4 * (len(studies) - 1) / max(len(studies), 1), variants, fontsize=7)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=7)
+    return save(fig, out, "compare-gaps")
+
+
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower()
 
