@@ -187,7 +187,8 @@ def _pct(x: object) -> str:
 def _show(study_dir: Path) -> None:
     from .plan import stale_protocol
     from .report.results import NothingToAnalyse, load_results
-    from .report.tables import LEAK_NOTE, baseline_table, deployment_table, failed_runs, paper_table, variant_stats, write_tables
+    from .report.tables import (DEPLOYMENT_TITLE, LEAK_NOTE, baseline_table, deployment_table, failed_runs, paper_table,
+                                variant_stats, write_tables)
 
     store = ResultStore.open_existing(study_dir)
     try:
@@ -214,7 +215,7 @@ def _show(study_dir: Path) -> None:
                      "variants in ONNX Runtime: zipped size, accuracy (%) and gap between groups (pp), mean ± std over baselines and repeats")
         for attr in res.attributes:
             _print_frame(paper_table(stats, digits=1, attribute=attr), f"accuracy (%) by {attr}")
-        _print_frame(deployment_table(stats), "variants: deployment measures of the exported files (means)")
+        _print_frame(deployment_table(stats), "variants: " + DEPLOYMENT_TITLE[0].lower() + DEPLOYMENT_TITLE[1:])
     fails = failed_runs(res)
     if not fails.empty:
         _print_frame(fails, "[red]failed runs[/]", wrap=("error",))

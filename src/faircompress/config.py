@@ -100,6 +100,8 @@ class EvaluationConfig(Strict):
     latency_runs: int = Field(50, ge=1, description="batch-1 runs; the median is reported")
     throughput_batch: int = Field(64, ge=1)
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    memory: bool = Field(True, description="peak resident memory of loading and running each file (batch 1, then the "
+                                           "throughput batch), over an empty process with ONNX Runtime imported; in a child process")
 
 
 def paper_grid(prune_levels: list[float], clusters: tuple[int, ...] = (4, 8, 16, 32, 64, 128)) -> list[list[dict[str, Any]]]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .compress.recipes import Recipe, parse_recipe
 
 if TYPE_CHECKING:
-    from .config import StudyConfig
+    from .config import EvaluationConfig, StudyConfig
     from .store import RunResult
 
 PROTOCOL_VERSION = 2  # bump when a change makes old results incomparable, and say why below
@@ -98,11 +98,19 @@ def result_fields(config: "StudyConfig | dict[str, Any]") -> dict[str, Any]:
             for part in ("dataset", "model", "train")}
 
 
+def measurement_identity(ev: "EvaluationConfig") -> dict[str, Any]:
+    """The measurement settings in a variant's identity, so that turning a measure on measures the
+    variant again. Threads change no measure's presence. Memory on is left out: variants measured
+    before memory was measured keep their ids (they show no memory figures), rather than all
+    being run again."""
+    return ev.model_dump(mode="json", exclude={"threads"} | ({"memory"} if ev.memory else set()))
+
+
 def plan(cfg: "StudyConfig") -> list[PlannedRun]:
     """Every run the study needs, in execution order: baselines, then each baseline's variants
     (its fp32 export first, then every recipe x repeat; recipes without fine-tuning run once)."""
     base = {"protocol": PROTOCOL_VERSION, **result_fields(cfg)}
-    evaluation = cfg.evaluation.model_dump(mode="json", exclude={"threads"})
+    evaluation = measurement_identity(cfg.evaluation)
     baselines = [PlannedRun(RunKind.BASELINE, s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
     variants = []
     for b in baselines:

@@ -14,6 +14,7 @@ from .compress.export import export_onnx
 from .compress.recipes import Recipe, TuneContext
 from .config import EvaluationConfig, StudyConfig
 from .data.dataset import FaceDataset
+from .evaluate.memory import measure_memory
 from .evaluate.metrics import evaluate_split, metric_rows
 from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, session, throughput_from_batches
 from .evaluate.size import onnx_size_report
@@ -31,6 +32,8 @@ def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
     path = _deployable_file(run, run.recipe, model, data, out)
     t2 = time.perf_counter()
     m = measure_file(path, data, cfg.evaluation, cfg.train.eval_batch_size)
+    if m.details.get("memory", {}).get("note"):
+        hooks.note(f"{run.label}: memory not measured ({m.details['memory']['note']})")
     epochs = [{**vars(h), "epoch": i + 1} for i, h in enumerate(h for f in fits for h in f.history)]
     metrics = pd.concat([m.metrics, metric_rows({"fine_tune_epochs": len(epochs)})], ignore_index=True)
     return RunResult(
@@ -107,11 +110,12 @@ class Measurement:
 
 
 def measure_file(path: Path, data: FaceDataset, ev_cfg: EvaluationConfig, eval_batch_size: int = 256) -> Measurement:
-    """Accuracy per group, size and speed, all measured on the file itself. The test-set pass runs
-    at the throughput batch size and is timed, so it doubles as the throughput measurement."""
+    """Accuracy per group, size, speed and memory, all measured on the file itself. The test-set pass
+    runs at the throughput batch size and is timed, so it doubles as the throughput measurement."""
     t0 = time.perf_counter()
     sess = session(path, ev_cfg.threads or None)
     test = data.indices("test")
+    shape = (data.channels, *data.image_size)
     batch_seconds: list[float] = []
     batch = ev_cfg.throughput_batch if ev_cfg.latency else eval_batch_size
     y_pred = onnx_predict(sess, data.images[test], batch, batch_seconds)
@@ -120,9 +124,15 @@ def measure_file(path: Path, data: FaceDataset, ev_cfg: EvaluationConfig, eval_b
     size = onnx_size_report(path)
     scalars = {k: float(size[k]) for k in ("raw_bytes", "zipped_bytes", "parameters", "nonzeros")}
     if ev_cfg.latency:
-        shape = (data.channels, *data.image_size)
         throughput = throughput_from_batches(batch_seconds, batch, len(test))
         scalars["latency_ms"] = onnx_latency(sess, shape, ev_cfg.latency_runs)
         scalars["throughput_ips"] = throughput if throughput is not None else onnx_throughput(sess, shape, batch)
+    del sess  # its threads and arena are gone before the memory probe runs, so they cannot slow it
+    t2 = time.perf_counter()
+    details: dict = {"kernels": size["kernels"]}
+    if ev_cfg.memory:  # last, in a child process: nothing above is perturbed by it
+        memory = measure_memory(path, shape, ev_cfg.throughput_batch, ev_cfg.threads)
+        scalars |= memory.scalars()
+        details["memory"] = memory.to_json()
     return Measurement(y_pred=y_pred, metrics=pd.concat([ev.long(), metric_rows(scalars)], ignore_index=True),
-                       timings={"eval_s": t1 - t0, "measure_s": time.perf_counter() - t1}, details={"kernels": size["kernels"]})
+                       timings={"eval_s": t1 - t0, "measure_s": t2 - t1, "memory_s": time.perf_counter() - t2}, details=details)

@@ -17,7 +17,10 @@ from .analysis import gap_groups, group_accuracies, model_gaps
 from .results import MB, StudyResults
 
 LEAK_NOTE = "selected on test (leaks test data)"
-DEPLOYMENT = ["raw_bytes", "parameters", "nonzeros", "latency_ms", "throughput_ips"]  # stored scalars, averaged per variant
+DEPLOYMENT = ["raw_bytes", "parameters", "nonzeros", "latency_ms", "throughput_ips",  # stored scalars, averaged per variant
+              "peak_rss_mb_b1", "peak_rss_mb_batch"]
+DEPLOYMENT_TITLE = ("Deployment measures of the exported ONNX files (means; memory: peak resident MB of loading and running "
+                    "the file, over a process with ONNX Runtime imported)")
 STATS_COLUMNS = ["key", "variant", "n", "measure", "attribute", "group", "mean", "std"]
 
 
@@ -104,7 +107,8 @@ def scalar_means(stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def deployment_table(stats: pd.DataFrame) -> pd.DataFrame:
-    """Means of the deployment measures of the exported files."""
+    """Means of the deployment measures of the exported files. Memory is the peak resident memory of
+    loading the file and running it, over a process with ONNX Runtime imported."""
     keys = list(dict.fromkeys(stats.key))
     means = scalar_means(stats)
     out = pd.DataFrame({"variant": stats.drop_duplicates("key").set_index("key").variant.reindex(keys),
@@ -116,6 +120,9 @@ def deployment_table(stats: pd.DataFrame) -> pd.DataFrame:
     if "latency_ms" in means:
         out["latency ms (b=1)"] = means["latency_ms"].round(3)
         out["images/s (batched)"] = means["throughput_ips"].round(1)
+    for measure, column in (("peak_rss_mb_b1", "memory MB (b=1)"), ("peak_rss_mb_batch", "memory MB (batched)")):
+        if measure in means:  # either can be missing alone (evaluate/memory_probe.py)
+            out[column] = means[measure].round(1)
     return out.reset_index(drop=True)
 
 
@@ -147,7 +154,7 @@ def write_tables(res: StudyResults, study_dir: Path, stats: pd.DataFrame | None 
     files = {
         "results.csv": variant_table(stats).to_csv(index=False),
         "results.md": markdown_table(paper_table(stats), "Accuracy (%) and zipped size per variant, mean ± std over baselines and repeats")
-        + "\n" + markdown_table(deployment_table(stats), "Deployment measures of the exported ONNX files (means)"),
+        + "\n" + markdown_table(deployment_table(stats), DEPLOYMENT_TITLE),
     }
     fails = failed_runs(res)
     if not fails.empty:
