@@ -13,7 +13,7 @@ from faircompress.store import ResultStore
 
 from conftest import REPORT_GRID
 
-SECTIONS = ["Accuracy per group", "Gaps and their change", "Power: the smallest gap change", "Paired tests per group",
+SECTIONS = ["Accuracy per group", "What each file costs to ship", "Gaps and their change", "Power: the smallest gap change", "Paired tests per group",
             "Compression-identified exemplars", "CEV and SDE", "Weight spread of the baseline files",
             "Where each pruning level cuts", "Layers of each file"]
 

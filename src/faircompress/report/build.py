@@ -101,6 +101,7 @@ def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress, dataset: s
     return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "power": A.power_table(res, gaps), "mcnemar": A.mcnemar_table(res, seed),
             "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
             "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
+            "deployment": T.deployment_table(stats),
             "baselines": T.baseline_table(res).drop(columns=["run_id"])} | _paper_tables(res, dataset)
 
 
@@ -227,6 +228,11 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
                     f"{method}]; groups with fewer than 5 test images are marked as too few.", tables["paper"])]
     if "paper_comparison" in tables:
         out.append(_paper_section(res, tables["paper_comparison"]))
+    if "deployment" in tables and not tables["deployment"].empty:
+        out.append(_section("What each file costs to ship", "Means over each variant's files: zipped and raw size, non-zero "
+                            "weights, ONNX Runtime latency at batch 1 and throughput at the throughput batch, and the peak "
+                            "resident memory of loading the file and running it, measured in a fresh process over one with "
+                            "ONNX Runtime imported (— where not measured).", tables["deployment"]))
     g = gaps.copy()
     for col in ("gap", "gap_std", "gap_change", "ci_low", "ci_high", "se", "detectable"):
         if col in g:
