@@ -14,7 +14,8 @@ from faircompress.store import ResultStore
 from conftest import REPORT_GRID
 
 SECTIONS = ["Accuracy per group", "Gaps and their change", "Power: the smallest gap change", "Paired tests per group",
-            "Compression-identified exemplars", "CEV and SDE"]
+            "Compression-identified exemplars", "CEV and SDE", "The data: images per class and split",
+            "The data: images per group and split", "The data: each group"]
 
 
 def test_run_ends_with_a_self_contained_report(study):
