@@ -13,9 +13,10 @@ from faircompress.store import ResultStore
 
 from conftest import REPORT_GRID
 
-SECTIONS = ["Accuracy per group", "What each file costs to ship", "Gaps and their change", "Power: the smallest gap change", "Paired tests per group",
-            "Compression-identified exemplars", "CEV and SDE", "Weight spread of the baseline files",
-            "Where each pruning level cuts", "Layers of each file"]
+SECTIONS = ["Accuracy per group", "What each file costs to ship", "Gaps and their change", "Power: the smallest gap change",
+            "Paired tests per group", "Compression-identified exemplars", "CEV and SDE", "Weight spread of the baseline files",
+            "Where each pruning level cuts", "Layers of each file", "The data: images per class and split",
+            "The data: images per group and split", "The data: each group"]
 
 
 def test_run_ends_with_a_self_contained_report(study):

@@ -135,3 +135,23 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path):
     with sqlite3.connect(tmp_path / ResultStore.FILENAME) as c:
         assert c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert not c.execute("SELECT name FROM sqlite_master WHERE name IN ('group_metrics', 'class_metrics')").fetchall()
+
+
+def test_split_counts_are_recorded_once_with_the_samples_and_added_to_an_older_store(tmp_path):
+    store = ResultStore(tmp_path)
+    samples = [(0, "s1", 1, '{"g": 0}')]
+    counts = [("train", 1, '{"g": 0}', 7), ("val", 0, '{"g": 1}', 2)]
+    store.record_samples("k", "d", ["a", "b"], {"g": ["x", "y"]}, samples)  # as a store made before counts were kept
+    assert not store.has_split_counts("k") and store.split_counts("k").empty
+    store.record_samples("k", "d", ["a", "b"], {"g": ["x", "y"]}, samples, counts)  # the next run adds them
+    got = store.split_counts("k")
+    assert list(got.itertuples(index=False, name=None)) == counts and store.sample_rows("k") == samples
+    store.record_samples("k", "d", ["a", "b"], {"g": ["x", "y"]}, samples, [("train", 0, '{"g": 0}', 99)])  # once
+    assert store.split_counts("k").n.tolist() == [7, 2]
+
+
+def test_adopting_an_older_dataset_key_moves_its_split_counts(tmp_path):
+    store = ResultStore(tmp_path)
+    store.record_samples("old", "d", ["a"], {}, [(0, "s", 0, "{}")], [("train", 0, "{}", 5)])
+    store.adopt(["old"], "new", {"dataset": "new", "plan": {}}, {})
+    assert store.split_counts("new").n.tolist() == [5] and store.split_counts("old").empty

@@ -25,6 +25,7 @@ err = Console(stderr=True)
 
 EXIT_USAGE = 2        # bad input: the config, the data, the store
 EXIT_ENVIRONMENT = 1  # the machine: a full disk, a read-only or unwritable folder
+NO_FACES_HELP = "leave the grid of face images out of the report (for a report that will be shared)"
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
@@ -43,6 +44,7 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)"),
     data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prepared dataset cache (--no-cache reads the files)"),
+    no_faces: bool = typer.Option(False, "--no-faces", help=NO_FACES_HELP),
 ) -> None:
     """Run a study; finished runs already in the study directory are skipped, and runs whose file
     is missing or altered are rebuilt."""
@@ -73,7 +75,7 @@ def run(
         _show(Path(cfg.output_dir))
     except (StoreError, DatasetError, BindingError, EnvironmentFault) as e:
         _fail_on(e)
-    _report(Path(cfg.output_dir), n_boot=1000)
+    _report(Path(cfg.output_dir), n_boot=1000, faces=not no_faces)
     if report.failed:
         raise typer.Exit(1)
 
@@ -84,18 +86,20 @@ def report(
     bootstrap: int = typer.Option(1000, min=100, help="bootstrap resamples for the gap-change intervals"),
     layer: list[str] = typer.Option([], "--layer", help="also plot this weight before and after pruning (repeatable; "
                                     "names as in the report's 'Layers of each file')"),
+    no_faces: bool = typer.Option(False, "--no-faces", help=NO_FACES_HELP),
 ) -> None:
     """Write report.html (figures embedded, opens offline) and tables/ in Markdown, CSV and LaTeX."""
-    _report(study_dir, bootstrap, tuple(layer))
+    _report(study_dir, bootstrap, faces=not no_faces, layers=tuple(layer))
 
 
-def _report(study_dir: Path, n_boot: int, layers: tuple[str, ...] = ()) -> None:
+def _report(study_dir: Path, n_boot: int, faces: bool = True, layers: tuple[str, ...] = ()) -> None:
     from .report.build import write_report
     from .report.weights import UnknownLayer
 
     try:
         with console.status("report ...") as status:
-            rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."), layers=layers)
+            rep = write_report(study_dir, n_boot=n_boot, progress=lambda msg: status.update(f"report: {msg} ..."), faces=faces,
+                               layers=layers)
     except (StoreError, EnvironmentFault, UnknownLayer) as e:
         _fail_on(e)
     for line in rep.missing:
@@ -537,28 +541,38 @@ def data_check(
 
 
 def _print_check(ds, report, show_all: bool) -> None:
-    from .data.dataset import SPLITS, UNKNOWN
+    from .data.composition import composition
+    from .data.dataset import SPLITS
+    from .report.data_summary import class_counts, class_shares, group_counts, shares_in_percent
 
     console.print(f"[bold]{ds.name}[/]: {len(ds)} images, {ds.channels} channel(s), {ds.image_size[0]}x{ds.image_size[1]}"
                   + (f"  (source {ds.meta['source']})" if "source" in ds.meta else ""))
-    table = Table(title="images per class and split")
-    for col in ["class", *SPLITS, "all"]:
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c, cname in enumerate(ds.class_names):
-        row = [int(((ds.labels == c) & (ds.split == s)).sum()) for s in range(len(SPLITS))]
-        table.add_row(cname, *map(str, row), str(sum(row)))
-    table.add_row("all", *(str(int((ds.split == s).sum())) for s in range(len(SPLITS))), str(len(ds)), style="bold")
+    comp = composition(ds)
+    _print_counts(class_counts(comp, ds.class_names, SPLITS), "images per class and split", total_row=True)
+    groups = group_counts(comp, ds.attribute_groups, SPLITS)
+    shares = shares_in_percent(class_shares(comp, ds.class_names, ds.attribute_groups, SPLITS), ds.class_names)
+    for attr in ds.attribute_groups:
+        _print_counts(groups[groups.attribute == attr].drop(columns="attribute").rename(columns={"group": attr}),
+                      f"images per {attr} group and split")
+        mine = shares[shares.attribute == attr].rename(columns={"group": attr})
+        _print_frame(mine[[attr, "split", "images", *ds.class_names]], f"share (%) of each class within each {attr} group, per split")
+    _print_problems(report, show_all)
+
+
+def _print_counts(counts, title: str, total_row: bool = False) -> None:
+    """Image counts (a label column, then one per split) with a total per row, and with ``total_row`` per split."""
+    table = Table(title=title)
+    splits = list(counts.columns[1:])
+    for col in [counts.columns[0], *splits, "all"]:
+        table.add_column(str(col), justify="left" if col == counts.columns[0] else "right")
+    for row in counts.itertuples(index=False):
+        table.add_row(str(row[0]), *map(str, row[1:]), str(sum(row[1:])))
+    if total_row:
+        table.add_row("all", *(str(int(counts[s].sum())) for s in splits), str(int(counts[splits].to_numpy().sum())), style="bold")
     console.print(table)
-    for attr, groups in ds.attribute_groups.items():
-        table = Table(title=f"images per {attr} group and split")
-        for col in [attr, *SPLITS, "all"]:
-            table.add_column(col, justify="left" if col == attr else "right")
-        codes = ds.attributes[attr]
-        for g, gname in [*enumerate(groups), (UNKNOWN, "unknown")]:
-            row = [int(((codes == g) & (ds.split == s)).sum()) for s in range(len(SPLITS))]
-            if g != UNKNOWN or sum(row):
-                table.add_row(gname, *map(str, row), str(sum(row)))
-        console.print(table)
+
+
+def _print_problems(report, show_all: bool) -> None:
     for text in report.notes:
         console.print(f"note: {text}", highlight=False)
     kinds = report.kinds()

@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_key TEXT PRIMARY KEY, name TEXT, class_names_json TEXT, attribute_groups_json TEXT);
 CREATE TABLE IF NOT EXISTS dataset_files (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS split_counts (
+    dataset_key TEXT NOT NULL, split TEXT NOT NULL, label INTEGER NOT NULL, attributes_json TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (dataset_key, split, label, attributes_json)) WITHOUT ROWID;
 """
 _CHILD_TABLES = ("metrics", "epochs", "predictions")
 IDENTITY_COLUMNS = ("kind", "label", "seed", "recipe_json", "repeat", "baseline_id", "variant", "recipe_key", "technique", "level",
@@ -283,13 +286,29 @@ class ResultStore:
 
     # --- datasets (so analysis needs no reload of the images) -------------
     def record_samples(self, dataset_key: str, name: str, class_names: list[str], attribute_groups: dict[str, list[str]],
-                       rows: list[tuple]) -> None:
-        """A dataset's test samples, once: ``rows`` of (sample, subject, label, attributes_json)."""
-        if self.conn.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (dataset_key,)).fetchone():
+                       rows: list[tuple], split_counts: list[tuple] = ()) -> None:
+        """A dataset's test samples, once: ``rows`` of (sample, subject, label, attributes_json); and in
+        the same transaction the other splits' image counts, ``split_counts`` of (split, label,
+        attributes_json, n), once (a study recorded before they were kept gets them on its next run)."""
+        has_samples = self.conn.execute("SELECT 1 FROM datasets WHERE dataset_key=?", (dataset_key,)).fetchone() is not None
+        if has_samples and (not split_counts or self.has_split_counts(dataset_key)):
             return
         with self.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?)", [(dataset_key, *r) for r in rows])
-            c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?)", (dataset_key, name, json.dumps(class_names), json.dumps(attribute_groups)))
+            if not has_samples:
+                c.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?)", [(dataset_key, *r) for r in rows])
+                c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?)",
+                          (dataset_key, name, json.dumps(class_names), json.dumps(attribute_groups)))
+            if not self.has_split_counts(dataset_key):
+                c.executemany("INSERT INTO split_counts VALUES (?, ?, ?, ?, ?)", [(dataset_key, *r) for r in split_counts])
+
+    def has_split_counts(self, dataset_key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM split_counts WHERE dataset_key=? LIMIT 1", (dataset_key,)).fetchone() is not None
+
+    def split_counts(self, dataset_key: str) -> pd.DataFrame:
+        """The recorded image counts of the splits other than test: split, label, attributes_json, n
+        (empty for a study recorded before they were kept)."""
+        return pd.read_sql_query("SELECT split, label, attributes_json, n FROM split_counts WHERE dataset_key=? "
+                                 "ORDER BY split, label, attributes_json", self.conn, params=(dataset_key,))
 
     def sample_rows(self, dataset_key: str) -> list[tuple]:
         """The recorded test samples of one dataset: (sample, subject, label, attributes_json), in order."""
@@ -308,6 +327,10 @@ class ResultStore:
                 else:
                     c.execute("UPDATE samples SET dataset_key=? WHERE dataset_key=?", (new, old))
                     c.execute("UPDATE datasets SET dataset_key=? WHERE dataset_key=?", (new, old))
+                if self.has_split_counts(new):
+                    c.execute("DELETE FROM split_counts WHERE dataset_key=?", (old,))
+                else:
+                    c.execute("UPDATE split_counts SET dataset_key=? WHERE dataset_key=?", (new, old))
             c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key IS NULL", (new,))
             self._write_binding(c, binding, files)
 
@@ -318,6 +341,11 @@ class ResultStore:
     def metrics(self) -> pd.DataFrame:
         """Every stored metric in long format: run_id, metric, attribute, group, value."""
         return pd.read_sql_query("SELECT run_id, metric, attribute, grp AS \"group\", value FROM metrics", self.conn)
+
+    def epochs(self) -> pd.DataFrame:
+        """Every run's per-epoch history (a baseline's training, a variant's fine-tuning): run_id, epoch,
+        train_loss, train_acc, sel_loss, sel_acc, lr, seconds, train_seconds."""
+        return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.conn)
 
     def all_predictions(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT run_id, sample, y_pred FROM predictions", self.conn)

@@ -16,6 +16,7 @@ from .atomic import EnvironmentFault, remove_leftovers, write_text_atomic
 from .binding import binding_for, check_binding, test_rows
 from .config import StudyConfig, dump_config
 from .data.common import unreadable
+from .data.composition import composition
 from .data.dataset import FaceDataset
 from .data.identity import file_sha256
 from .data.problems import DatasetError
@@ -107,9 +108,9 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
     for r in runs:
         if r.run_id not in pending:
             hooks.run_skipped(r)
+    _record_samples(store, ident, data)  # before the early return: a finished study made before counts were kept gets them
     if not todo:
         return report
-    _record_samples(store, ident, data)
     versions, commit = package_versions(), git_commit()
     for i, run in enumerate(todo):
         hooks.run_started(run, i, len(todo))
@@ -182,8 +183,9 @@ def _check_unreadable(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> None
 
 
 def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
-    """The dataset's test samples, recorded under its content key for the analysis."""
-    store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, test_rows(data))
+    """The dataset's test samples and the other splits' counts, recorded under its content key for the analysis."""
+    store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, test_rows(data),
+                         composition(data, ("train", "val")).rows())
 
 
 def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:

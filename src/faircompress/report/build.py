@@ -19,11 +19,14 @@ from ..store import ResultStore, StoreError
 from . import analysis as A
 from . import figures
 from . import tables as T
+from .data_summary import DATA_SECTIONS, NOT_RECORDED, data_tables, shares_in_percent
+from .faces import face_grid
 from .findings import as_html, findings
 from . import paper as P
 from . import weights as W
 from .results import NothingToAnalyse, StudyResults, Variant, load_results
 from .tables import markdown_table
+from .training import fine_tuning_curves, training_curves, training_table
 
 Progress = Callable[[str], None]
 
@@ -34,23 +37,25 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said under the figures, e.g. why there is no face grid
 
 
 def write_report(study_dir: str | Path, n_boot: int = 1000, seed: int = 0, progress: Progress | None = None,
-                 layers: tuple[str, ...] = ()) -> Report:
+                 layers: tuple[str, ...] = (), faces: bool = True) -> Report:
     """Analyse a study and write ``report.html``, ``tables/`` and ``figures/`` into its directory.
     A study with nothing to analyse still gets a report that says what is missing. ``layers``: weights
-    to plot before and after pruning besides the paper's two (`weights.UnknownLayer` if one is not there)."""
+    to plot before and after pruning besides the paper's two (`weights.UnknownLayer` if one is not there);
+    ``faces=False`` leaves the grid of face images out (for a report that will be shared)."""
     study_dir = Path(study_dir)
     say = progress or (lambda msg: None)
     store = ResultStore.open_existing(study_dir)  # StoreError if this is not a study
     try:
-        return _write(store, study_dir, n_boot, seed, say, list(layers))
+        return _write(store, study_dir, n_boot, seed, say, list(layers), faces)
     finally:
         store.close()
 
 
-def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress, layers: list[str]) -> Report:
+def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Progress, layers: list[str], faces: bool) -> Report:
     out_tables, out_figs = study_dir / "tables", study_dir / "figures"
     report = Report(html=study_dir / "report.html")
     runs = store.runs()
@@ -65,10 +70,11 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
         for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
         say("figures")
-        report.figures = _figures(res, report.tables["groups"], report.tables["gaps"], out_figs, study_dir, layers)
+        report.figures = _figures(res, report.tables, out_figs, study_dir, faces, report.notes, layers)
         found = findings(res, report.tables["gaps"], report.tables["power"], T.variant_stats(res), report.tables["groups"],
                          report.missing)
-        sections = [_opening(as_html(found), report.figures[:1]), _figure_section(report.figures[1:]), *_sections(res, report.tables)]
+        sections = [_opening(as_html(found), report.figures[:1]), _figure_section(report.figures[1:], report.notes),
+                    *_sections(res, report.tables)]
     write_text_atomic(report.html, _html(_header(runs, res), report.missing, sections))
     return report
 
@@ -98,11 +104,12 @@ def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress, dataset: s
     say("paired tests, CEV/SDE, exemplars")
     recall = pd.concat([A.class_group_recall(res, v).assign(variant=v.label) for v in res.variants])
     stats = T.variant_stats(res)
-    return {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "power": A.power_table(res, gaps), "mcnemar": A.mcnemar_table(res, seed),
-            "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res), "groups": groups,
-            "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
-            "deployment": T.deployment_table(stats),
-            "baselines": T.baseline_table(res).drop(columns=["run_id"])} | _paper_tables(res, dataset)
+    tables = {"paper": paper_with_intervals(res, groups, n_boot, seed), "gaps": gaps, "power": A.power_table(res, gaps),
+              "mcnemar": A.mcnemar_table(res, seed), "error_change": A.error_change_table(res), "exemplars": A.exemplar_table(res),
+              "groups": groups, "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
+              "deployment": T.deployment_table(stats),
+              "baselines": T.baseline_table(res).drop(columns=["run_id"])} | _paper_tables(res, dataset)
+    return tables | data_tables(res) | {"training": training_table(res)}
 
 
 def _paper_tables(res: StudyResults, dataset: str) -> dict[str, pd.DataFrame]:
@@ -144,7 +151,10 @@ def _weight_tables(res: StudyResults, study_dir: Path) -> dict[str, pd.DataFrame
             "kernels": W.kernel_table(res)}
 
 
-def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path, layers: list[str] = ()) -> list[Path]:
+def _figures(res: StudyResults, tables: dict[str, pd.DataFrame], out: Path, study_dir: Path, faces: bool,
+             notes: list[str], layers: list[str] = ()) -> list[Path]:
+    """The figures, the forest plot first; why one is missing goes to ``notes``."""
+    groups, gaps = tables["groups"], tables["gaps"]
     paths = [figures.forest(res, gaps, out)] if gaps.p.notna().any() else []
     paths += figures.level_curves(res, groups, out)
     if not gaps.empty:
@@ -158,7 +168,10 @@ def _figures(res: StudyResults, groups, gaps, out: Path, study_dir: Path, layers
     if res.attributes:
         ref, chosen = A.reference(res), _most_changed(res, gaps)
         paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
-    return paths
+    grid, why = face_grid(res, out, faces)
+    curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out)]
+    notes.extend([why] if why else [])
+    return paths + [p for p in curves if p is not None]
 
 
 def _most_changed(res: StudyResults, gaps: pd.DataFrame) -> Variant:
@@ -261,7 +274,7 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     if not errs.empty:
         out.append(_section("CEV and SDE against the baseline", "Blakeney et al. (2021); classes with a zero baseline rate are left out.",
                             errs.round(4)))
-    return out + _weight_sections(tables)
+    return out + _weight_sections(tables) + _data_sections(res, tables)
 
 
 def _weight_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
@@ -284,6 +297,14 @@ def _weight_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
                             "runs): elements, the share of zeros, the number of distinct values (clustering leaves as many "
                             "as clusters) and the storage type.", kernels.round(4)))
     return out
+
+
+def _data_sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The data: class and group counts per split and each group's class shares (test split only,
+    and said so, where the store has no train and val counts)."""
+    shown = {**tables, "data_class_shares": shares_in_percent(tables["data_class_shares"], res.class_names)}
+    unrecorded = [f" {NOT_RECORDED}", " Test split only."] if res.other_splits is None else ["", ""]
+    return [_section(s.title, s.note + unrecorded[min(i, 1)], shown[s.table]) for i, s in enumerate(DATA_SECTIONS)]
 
 
 def _paper_section(res: StudyResults, long: pd.DataFrame) -> str:
@@ -319,7 +340,15 @@ CAPTIONS = {
                 "dashed lines mark where the cut falls. The paper reads a wide gap in the middle as fragility.",
     "confusion-": "Confusion matrices per group, the baseline beside the variant whose gap changed most: where the "
                   "groups' errors differ.",
+    "faces": "A few training images of each class after preprocessing, in the pixels the model is given (one per "
+             "subject where there are enough).",
+    "training-curves": "The baselines' accuracy and loss per epoch on the training and the selection split, mean ± std over "
+                       "seeds; a star marks the epoch each seed kept: a selection curve falling while the training one "
+                       "rises is overfitting.",
+    "fine-tuning-curves": "Each compressed variant's accuracy and loss per fine-tuning epoch (solid: selection split, dashed: "
+                          "training), mean ± std over its models: how much of the baseline's accuracy fine-tuning restores.",
 }
+COLLAPSED = {"fine-tuning-curves": "Fine-tuning curves of the compressed variants"}  # figures shown under a summary line
 
 
 def caption(stem: str) -> str:
@@ -338,8 +367,12 @@ def _opening(findings_html: str, lead: list[Path]) -> str:
     return f'<div class="opening">{findings_html}{"".join(_figure(p, "lead") for p in lead)}</div>'
 
 
-def _figure_section(figs: list[Path]) -> str:
-    return f'<section id="figures"><h2>Figures</h2>{"".join(_figure(p) for p in figs)}</section>'
+def _figure_section(figs: list[Path], notes: list[str]) -> str:
+    """The figures after the first; those in `COLLAPSED` under a summary line, then the notes."""
+    shown = "".join(_figure(p) if p.stem not in COLLAPSED else
+                    f'<details class="figures"><summary>{html.escape(COLLAPSED[p.stem])}</summary>{_figure(p)}</details>' for p in figs)
+    said = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return f'<section id="figures"><h2>Figures</h2>{shown}{said}</section>'
 
 
 LONG_TABLE = 20  # rows shown before "show all"
@@ -432,7 +465,7 @@ th.click();var up=cells();th.click();var down=cells();
 b.setAttribute('data-sort-check',(down.join('|')===up.slice().reverse().join('|'))?'ok':'failed');
 fcFilter(t,'\u0000no row has this\u0000');var hidden=[].every.call(t.tBodies[0].rows,function(r){return r.style.display==='none';});
 fcFilter(t,'');b.setAttribute('data-filter-check',hidden?'ok':'failed');
-var d=document.querySelector('details:not(#study)');if(d){d.open=true;}
+var d=document.querySelector('details:not(#study):not(.figures)');if(d){d.open=true;}
 b.setAttribute('data-show-all-check',d?(d.open&&d.querySelector('table').offsetHeight>0?'ok':'failed'):'none');});</script>"""
 
 

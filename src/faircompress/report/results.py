@@ -14,6 +14,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from ..data.composition import Composition
 from ..evaluate.size import MB
 from ..store import ResultStore, StoreError
 INTERSECTION = " × "  # joins two attributes' names (and their groups') into an intersection
@@ -42,6 +43,8 @@ class StudyResults:
     variants: list[Variant]               # in plan order; the reference first when it finished
     preds: dict[str, np.ndarray]          # run_id -> (N,) predictions aligned with y_true (finished runs)
     scalars: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id x scalar metric (size, latency, ...)
+    other_splits: Composition | None = None  # train and val image counts; None when the store has none recorded
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)   # every run's per-epoch history (`ResultStore.epochs`)
     memo: dict = field(default_factory=dict, repr=False)  # derived tables computed once per load (see analysis.py)
 
     @property
@@ -96,7 +99,14 @@ def load_results(store: ResultStore, intersections: bool = True) -> StudyResults
     scalar_rows = metrics[(metrics.attribute == "") & (metrics.group == "")]
     scalars = scalar_rows.pivot(index="run_id", columns="metric", values="value") if not scalar_rows.empty else pd.DataFrame()
     return StudyResults(json.loads(classes_json), groups, codes, samples.subject.astype(str).to_numpy(), samples.label.to_numpy(),
-                        runs, _variants(finished[finished.run_id.isin(preds)]), preds, scalars)
+                        runs, _variants(finished[finished.run_id.isin(preds)]), preds, scalars,
+                        _other_splits(store, key, list(json.loads(groups_json))), store.epochs())
+
+
+def _other_splits(store: ResultStore, key: str, attributes: list[str]) -> Composition | None:
+    """The recorded train and val counts (None for a study recorded before they were kept)."""
+    rows = store.split_counts(key)
+    return Composition.from_rows(rows, attributes, f"{store.path}: split_counts") if len(rows) else None
 
 
 def _dataset_of(store: ResultStore, finished: pd.DataFrame) -> str:
