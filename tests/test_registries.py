@@ -43,7 +43,7 @@ def _pixels(n: int = 4) -> np.ndarray:
 
 def test_discovery_finds_the_built_in_plug_ins_and_describes_them():
     assert {"synthetic", "ckplus", "rafdb", "fer2013", "sfew", "folder"} <= set(DATASETS.names())
-    assert {"paper_cnn"} <= set(MODELS.names()) and {"prune", "cluster", "quantize"} <= set(STEPS.names())
+    assert {"paper_cnn", "resnet18"} <= set(MODELS.names()) and {"prune", "cluster", "quantize"} <= set(STEPS.names())
     described = describe_plugins()
     assert [r.name for r in described["compression steps"]] == STEPS.names()
     assert [r.name for r in described["datasets"]] == DATASETS.names()

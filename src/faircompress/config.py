@@ -65,6 +65,9 @@ class ModelConfig(Strict):
         for key in self.params:
             if key not in allowed:
                 raise ValueError(f"unknown parameter {key!r} for model {self.name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        check = getattr(MODELS.get(self.name), "check_params", None)  # e.g. a weights file: refused before any run
+        if check is not None:
+            check(self.params)
         return self
 
 

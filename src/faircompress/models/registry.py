@@ -1,5 +1,7 @@
 """Models by name. A model is one module in `models/` that registers a factory
-``f(*, in_channels, num_classes, input_size, **params) -> nn.Module`` taking raw 0..255 pixels."""
+``f(*, in_channels, num_classes, input_size, **params) -> nn.Module`` taking raw 0..255 pixels.
+A factory may carry ``f.check_params(params: dict) -> None``: config validation calls it when a
+config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
