@@ -47,10 +47,14 @@ def check_binding(out: Path, store: ResultStore, now: StudyBinding, ident: Datas
         old_keys = adoptable(out, store, now, ident, test)
         store.adopt(old_keys, ident.key, now.to_json(), ident.manifest.files)
         return
-    why = refusal(StudyBinding.from_json(recorded[0]), recorded[1], now, ident.manifest)
+    before = StudyBinding.from_json(recorded[0])
+    why = refusal(before, recorded[1], now, ident.manifest)
     if why:
         raise BindingError(f"{out}: this study holds runs of another question: {why}. Its results cannot be pooled with "
                            "new runs: run into a new directory (--out DIR), or restore the dataset and config it was made with")
+    merged = _with_added_seeds(before.plan, now.plan)
+    if merged != before.plan:  # the added seeds' weights are bound too, so a later change to them is refused
+        store.bind(StudyBinding(before.dataset, merged).to_json(), recorded[1])
 
 
 def adoptable(out: Path, store: ResultStore, now: StudyBinding, ident: DatasetIdentity, test: list[tuple]) -> list[str]:
@@ -80,7 +84,7 @@ def test_rows(data: FaceDataset) -> list[tuple]:
 def refusal(recorded: StudyBinding, files: dict[str, str], now: StudyBinding, manifest: Manifest) -> str | None:
     """Why a study bound to ``recorded`` (with dataset ``files``) cannot take runs of ``now``; None if it can."""
     reasons = []
-    fields = changed_fields(recorded.plan, now.plan)
+    fields = changed_fields(*_common_seeds(recorded.plan, now.plan))
     if fields:
         shown = "; ".join(f"{name}: {old} -> {new}" for name, old, new in fields[:_SHOWN])
         more = f" (and {len(fields) - _SHOWN} more)" if len(fields) > _SHOWN else ""
@@ -91,6 +95,28 @@ def refusal(recorded: StudyBinding, files: dict[str, str], now: StudyBinding, ma
     elif recorded.dataset != now.dataset and not fields:
         reasons.append("the dataset's loader now prepares the images differently (a new faircompress version)")
     return "; ".join(reasons) or None
+
+
+def _seed_weights(plan: dict[str, Any]) -> dict[str, str] | None:
+    return plan.get("baseline", {}).get("weights_sha256")
+
+
+def _common_seeds(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plans with given weights compared on the seeds both have: a seed added or left out is
+    more (or less) of the same question, like seeds themselves."""
+    old, new = _seed_weights(before), _seed_weights(after)
+    if old is None or new is None:
+        return before, after
+    common = sorted(old.keys() & new.keys())
+    return ({**before, "baseline": {"weights_sha256": {k: old[k] for k in common}}},
+            {**after, "baseline": {"weights_sha256": {k: new[k] for k in common}}})
+
+
+def _with_added_seeds(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    old, new = _seed_weights(before), _seed_weights(after)
+    if old is None or new is None or new.keys() <= old.keys():
+        return before
+    return {**before, "baseline": {"weights_sha256": {**old, **new}}}
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -73,7 +73,7 @@ def run(
             report = run_study(cfg, hooks)
         console.print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, failed {len(report.failed)}")
         _show(Path(cfg.output_dir))
-    except (StoreError, DatasetError, BindingError, EnvironmentFault) as e:
+    except (StoreError, DatasetError, BindingError, ConfigError, EnvironmentFault) as e:
         _fail_on(e)
     _report(Path(cfg.output_dir), n_boot=1000, faces=not no_faces)
     if report.failed:

@@ -4,15 +4,21 @@ Unknown keys, wrong types and impossible values are errors that name the field (
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, ValidationInfo,
+                      field_validator, model_serializer, model_validator)
 
-from .data.registry import DATASETS
+from .data.dataset import InputShape
+from .data.registry import DATASETS, declared_shape
 from .data.tables import decode_utf8
+
+if TYPE_CHECKING:
+    import torch
+
+    from .own_model import ResolvedModel
 
 
 class ConfigError(Exception):
@@ -51,24 +57,65 @@ class DatasetConfig(Strict):
 
 
 class ModelConfig(Strict):
-    name: str = "paper_cnn"
+    """A registered model (`name`), your own named as `name: 'package.module:function'`, or your own
+    defined in a Python file (`file`, `function`). Your own model is imported when the config loads."""
+
+    name: str | None = Field(None, description="a registered model or 'package.module:function' (default paper_cnn)")
+    file: Path | None = Field(None, description="a Python file defining your model's function")
+    function: str | None = Field(None, description="the function in `file` that builds the model (default build)")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model")
+    sha256: str | None = Field(None, description="SHA-256 of the file defining your own model: set when the config loads; "
+                                                 "a value given must match the file")
 
     @model_validator(mode="after")
-    def _validate_params(self) -> "ModelConfig":
-        from .models.registry import FIXED_ARGUMENTS, MODELS
+    def _resolve(self) -> "ModelConfig":
+        from .own_model import DEFAULT_FUNCTION, OwnModelError, check_signature
 
-        if self.name not in MODELS:
-            raise ValueError(f"unknown model {self.name!r} (known: {', '.join(MODELS.names())})")
-        sig = inspect.signature(MODELS.get(self.name))
-        allowed = set(sig.parameters) - set(FIXED_ARGUMENTS)
-        for key in self.params:
-            if key not in allowed:
-                raise ValueError(f"unknown parameter {key!r} for model {self.name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
-        check = getattr(MODELS.get(self.name), "check_params", None)  # e.g. a weights file: refused before any run
+        if self.file is not None and self.name is not None:
+            raise ValueError("give name or file, not both")
+        if self.function is not None and self.file is None:
+            raise ValueError("function names the function in file; a module's function is given as name: 'package.module:function'")
+        # normalised in place: assigning would validate again (validate_assignment)
+        self.__dict__["name"] = self.name if self.name or self.file else "paper_cnn"
+        self.__dict__["function"] = self.function or (DEFAULT_FUNCTION if self.file else None)
+        try:
+            resolved = self.resolved()
+            check_signature(resolved, self.params)
+        except OwnModelError as e:
+            raise ValueError(str(e)) from None
+        check = getattr(resolved.factory, "check_params", None)  # e.g. a weights file: refused before any run
         if check is not None:
             check(self.params)
+        if self.sha256 is not None and not resolved.own:
+            raise ValueError(f"sha256 goes with your own model's file; {resolved.what} is a registered model")
+        if self.sha256 is not None and self.sha256 != resolved.sha256:
+            raise ValueError(f"sha256 is given as {self.sha256}, but {resolved.what} now comes from a file with SHA-256 "
+                             f"{resolved.sha256}: the model's code changed")
+        self.__dict__["sha256"] = resolved.sha256
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}  # a registered model dumps as before
+
+    @property
+    def is_own(self) -> bool:
+        return self.sha256 is not None
+
+    def resolved(self) -> "ResolvedModel":
+        from .own_model import resolve_model
+
+        return resolve_model(self.name, self.file, self.function)
+
+    def build(self, shape: InputShape) -> "torch.nn.Module":
+        """The model for ``shape``; refuses an own model whose file changed since the config was loaded."""
+        from .own_model import OwnModelError, build
+
+        resolved = self.resolved()
+        if resolved.sha256 != self.sha256:
+            raise OwnModelError(f"model: {resolved.what} changed since the study's config was loaded (SHA-256 {self.sha256} -> "
+                                f"{resolved.sha256}); its runs would mix two versions of the model")
+        return build(resolved, self.params, shape)
 
 
 class TrainConfig(Strict):
@@ -107,6 +154,49 @@ class EvaluationConfig(Strict):
                                            "throughput batch), over an empty process with ONNX Runtime imported; in a child process")
 
 
+WeightsFiles = Path | list[Path] | dict[int, Path]
+
+
+class BaselineConfig(Strict):
+    """Where each seed's baseline comes from: trained (the default), your trained weights, or your
+    exported ONNX file. The files' SHA-256 are set when the config loads and are part of the study's identity."""
+
+    weights: WeightsFiles | None = Field(None, description="a safetensors state dict of the model, evaluated and compressed "
+                                         "instead of training: one file for every seed, a list (one per seed) or seed: file")
+    onnx: Path | None = Field(None, description="your exported model taking (N, C, H, W) float pixels: quantised and measured; "
+                              "export steps only, one seed")
+    weights_sha256: dict[int, str] | None = Field(None, description="per seed, its weights file's SHA-256 (values given must match)")
+    onnx_sha256: str | None = Field(None, description="the onnx file's SHA-256 (a value given must match)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaselineConfig":
+        if self.weights is not None and self.onnx is not None:
+            raise ValueError("give weights or onnx, not both")
+        if self.weights_sha256 is not None and self.weights is None or self.onnx_sha256 is not None and self.onnx is None:
+            raise ValueError("a sha256 goes with its file (weights_sha256 with weights, onnx_sha256 with onnx)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def source(self) -> Literal["train", "weights", "onnx"]:
+        return "onnx" if self.onnx is not None else "weights" if self.weights is not None else "train"
+
+    def weights_for(self, seed: int, seeds: list[int]) -> Path:
+        """The weights file of ``seed``'s baseline (``seeds``: the study's, which a list of files follows)."""
+        from .own_baseline import weights_per_seed
+
+        assert self.weights is not None, "only for baseline.weights"
+        return weights_per_seed(self.weights, seeds)[seed]
+
+
+def _declared(dataset: DatasetConfig | None) -> InputShape | None:
+    """The input shape the dataset's parameters fix (None when only loading it tells, or it is invalid)."""
+    return declared_shape(dataset.name, dataset.params) if dataset is not None else None
+
+
 def paper_grid(prune_levels: list[float], clusters: tuple[int, ...] = (4, 8, 16, 32, 64, 128)) -> list[list[dict[str, Any]]]:
     """The paper's experiment grid: int8 (weights) on the baseline; pruning and clustering at every
     level, each alone and followed by int8 (weights). The fp32 baseline export is always measured."""
@@ -135,6 +225,7 @@ class StudyConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], description="one baseline is trained per seed")
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="trained (default), or your weights or ONNX file")
     recipes: list[RecipeSteps] = Field(
         default_factory=lambda: paper_grid(CKPLUS_PRUNE_LEVELS), validate_default=True,
         description="compression recipes, each a list of steps, applied to every baseline (default: the paper's CK+ grid)",
@@ -142,15 +233,49 @@ class StudyConfig(Strict):
     repeats: int = Field(3, ge=1, le=100, description="fine-tuning repeats per recipe (recipes with no fine-tuning run once)")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @field_validator("model")
+    @classmethod
+    def _check_model_runs(cls, v: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        """Your own model is built, run and exported once now when the dataset's parameters fix its
+        shape; otherwise when the study starts, right after the dataset is loaded."""
+        from .own_model import OwnModelError, check_model
+
+        shape = _declared(info.data.get("dataset"))
+        if shape is not None and v.is_own:
+            try:
+                check_model(v.resolved(), v.params, shape)
+            except OwnModelError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("baseline")
+    @classmethod
+    def _check_baseline(cls, v: BaselineConfig, info: ValidationInfo) -> BaselineConfig:
+        from .own_baseline import bind_onnx, bind_weights
+        from .own_model import OwnModelError
+
+        seeds, model = info.data.get("seeds"), info.data.get("model")
+        if v.source == "train" or seeds is None:  # invalid seeds are reported on their own
+            return v
+        try:
+            if v.source == "onnx":
+                return bind_onnx(v, seeds, model, _declared(info.data.get("dataset")))
+            return bind_weights(v, seeds, model, _declared(info.data.get("dataset")))
+        except OwnModelError as e:
+            raise ValueError(str(e)) from None
+
     @field_validator("recipes")
     @classmethod
-    def _check_recipes(cls, v: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    def _check_recipes(cls, v: list[list[dict[str, Any]]], info: ValidationInfo) -> list[list[dict[str, Any]]]:
         from .compress.recipes import RecipeError, parse_recipe
 
+        given_onnx = getattr(info.data.get("baseline"), "source", None) == "onnx"
         out, seen = [], set()
         for i, raw in enumerate(v):
             try:
                 recipe = parse_recipe(raw, f"recipe {i + 1}")
+                if given_onnx:
+                    _export_steps_only(recipe, f"recipe {i + 1}")
             except RecipeError as e:
                 raise ValueError(str(e)) from None
             if recipe.key() in seen:
@@ -167,6 +292,18 @@ class StudyConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
+
+
+def _export_steps_only(recipe: Any, where: str) -> None:
+    """With baseline.onnx there is no PyTorch model: only steps that transform the exported file apply."""
+    from .compress.recipes import RecipeError
+
+    if recipe.train_steps:
+        raise RecipeError(f"{where}: step {recipe.train_steps[0].name!r} trains the PyTorch model, but baseline.onnx gives only an "
+                          "exported file: with it a recipe can hold export steps only (quantize)")
+    if recipe.export_precision != "fp32":
+        raise RecipeError(f"{where}: {recipe.label} exports the PyTorch model in {recipe.export_precision}, which baseline.onnx "
+                          "does not give")
 
 
 # ----------------------------------------------------------------------------- loading

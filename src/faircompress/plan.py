@@ -86,16 +86,28 @@ class PlannedRun:
         return cols
 
 
-_NOT_RESULTS = {"dataset": {"cache", "max_unreadable"}, "train": {"device", "eval_batch_size"}}
+_NOT_RESULTS = {"dataset": {"cache", "max_unreadable"}, "model": {"file"}, "train": {"device", "eval_batch_size"}}
+_GIVEN_BASELINE = ("weights_sha256", "onnx_sha256")  # a given baseline's files by content, not where they lie
 
 
 def result_fields(config: "StudyConfig | dict[str, Any]") -> dict[str, Any]:
     """The config fields that change what a baseline (and so every run) computes; the rest (the
-    device, batch sizes of evaluation, caching, measurement settings) do not. ``config``: a config,
-    or one as a run stored it (its JSON)."""
+    device, batch sizes of evaluation, caching, measurement settings, where your files lie) do not.
+    Your own model's file and a given baseline's files count by their SHA-256; with a given ONNX
+    file neither model nor training is used. ``config``: a config, or one as a run stored it (its JSON)."""
     raw = config if isinstance(config, dict) else config.model_dump(mode="json")
-    return {part: {k: v for k, v in raw.get(part, {}).items() if k not in _NOT_RESULTS.get(part, ())}
-            for part in ("dataset", "model", "train")}
+    given = {k: v for k, v in raw.get("baseline", {}).items() if k in _GIVEN_BASELINE}
+    parts = ("dataset",) if "onnx_sha256" in given else ("dataset", "model", "train")
+    fields = {part: {k: v for k, v in raw.get(part, {}).items() if k not in _NOT_RESULTS.get(part, ())} for part in parts}
+    return fields | ({"baseline": given} if given else {})
+
+
+def _given_baseline(given: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A given baseline's file in its run's identity: the seed's own weights only, so that adding a
+    seed leaves the other runs' ids as they are."""
+    if "weights_sha256" in given:
+        return {"baseline": {"weights_sha256": given["weights_sha256"][str(seed)]}}
+    return {"baseline": given} if given else {}
 
 
 def measurement_identity(ev: "EvaluationConfig") -> dict[str, Any]:
@@ -109,9 +121,12 @@ def measurement_identity(ev: "EvaluationConfig") -> dict[str, Any]:
 def plan(cfg: "StudyConfig") -> list[PlannedRun]:
     """Every run the study needs, in execution order: baselines, then each baseline's variants
     (its fp32 export first, then every recipe x repeat; recipes without fine-tuning run once)."""
-    base = {"protocol": PROTOCOL_VERSION, **result_fields(cfg)}
+    fields = result_fields(cfg)
+    given = fields.pop("baseline", {})
+    base = {"protocol": PROTOCOL_VERSION, **fields}
     evaluation = measurement_identity(cfg.evaluation)
-    baselines = [PlannedRun(RunKind.BASELINE, s, {**base, "kind": "baseline", "seed": s}) for s in cfg.seeds]
+    baselines = [PlannedRun(RunKind.BASELINE, s, {**base, "kind": "baseline", "seed": s, **_given_baseline(given, s)})
+                 for s in cfg.seeds]
     variants = []
     for b in baselines:
         for raw in [[], *cfg.recipes]:

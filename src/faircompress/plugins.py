@@ -17,6 +17,12 @@ class PluginRow:
     about: str
 
 
+OWN_MODEL = PluginRow(
+    "your own", "model: {file: path.py, function: build} or {name: 'package.module:function'}; params: its keywords",
+    "Any f(*, in_channels, num_classes, input_size, **params) returning an nn.Module from raw 0..255 pixels (N, C, H, W) to "
+    "logits (N, classes); checked when the config loads (README: Your own model).")
+
+
 def describe_plugins() -> dict[str, list[PluginRow]]:
     from .compress.recipes import STEPS, TrainStep
     from .data.registry import DATASETS
@@ -26,7 +32,7 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
 
     datasets = [PluginRow(n, _fields(s.params), _first_line(sys.modules.get(s.load.__module__))) for n, s in DATASETS.items()]
     models = [PluginRow(n, _signature(f, FIXED_ARGUMENTS), _first_line(f) or _first_line(sys.modules.get(f.__module__)))
-              for n, f in MODELS.items()]
+              for n, f in MODELS.items()] + [OWN_MODEL]
     steps = [PluginRow(n, _fields(cls.Params), f"{'train' if issubclass(cls, TrainStep) else 'export'} step"
                        + (f", level = {cls.level}" if cls.level else "") + f"; {_first_line(sys.modules.get(cls.__module__))}")
              for n, cls in STEPS.items()]

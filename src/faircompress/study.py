@@ -14,13 +14,13 @@ from typing import Iterator
 from .artefacts import check_artefacts
 from .atomic import EnvironmentFault, remove_leftovers, write_text_atomic
 from .binding import binding_for, check_binding, test_rows
-from .config import StudyConfig, dump_config
+from .config import ConfigError, StudyConfig, dump_config
 from .data.common import unreadable
 from .data.composition import composition
 from .data.dataset import FaceDataset
 from .data.identity import file_sha256
 from .data.problems import DatasetError
-from .data.registry import DatasetIdentity, default_cache_dir, identify, load_identified
+from .data.registry import DatasetIdentity, declared_shape, default_cache_dir, identify, load_identified
 from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan, stale_protocol
 from .store import ResultStore, RunResult, StoreError
 
@@ -69,6 +69,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     ident = identify(cfg.dataset.name, cfg.dataset.params, memo=cache / "digests.json" if cache else None)
     data = load_identified(ident, cache)
     _check_unreadable(cfg, data, hooks)
+    _check_own_files(cfg, data)
     out = Path(cfg.output_dir)
     store = ResultStore(out)
     try:
@@ -182,6 +183,20 @@ def _check_unreadable(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> None
                                f"dataset.max_unreadable ({cfg.dataset.max_unreadable:.1%}); `faircompress data check` lists them")
 
 
+def _check_own_files(cfg: StudyConfig, data: FaceDataset) -> None:
+    """Your own model, weights or ONNX file against the loaded dataset, before anything is written:
+    the config checked them when it loaded if the dataset's parameters fixed its shape, else here."""
+    from .own_baseline import check_for_data
+    from .own_model import OwnModelError
+
+    if declared_shape(cfg.dataset.name, cfg.dataset.params) == data.input_shape:
+        return
+    try:
+        check_for_data(cfg, data.input_shape)
+    except OwnModelError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:
     """The dataset's test samples and the other splits' counts, recorded under its content key for the analysis."""
     store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, test_rows(data),
@@ -191,9 +206,9 @@ def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDatase
 def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
     # the training stack is imported only when a study runs
     if run.kind is RunKind.BASELINE:
-        from .baseline import train_baseline
+        from .baseline import run_baseline
 
-        return train_baseline(cfg, run, data, out / "runs" / run.run_id, hooks)
+        return run_baseline(cfg, run, data, out, hooks)
     from .variants import run_variant
 
     return run_variant(cfg, run, data, out, hooks)

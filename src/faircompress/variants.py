@@ -18,7 +18,6 @@ from .evaluate.memory import measure_memory
 from .evaluate.metrics import evaluate_split, metric_rows
 from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, session, throughput_from_batches
 from .evaluate.size import onnx_size_report
-from .models import build_for
 from .plan import Hooks, PlannedRun
 from .store import RunResult
 from .train import FitResult, fit, load_checkpoint, save_checkpoint
@@ -39,13 +38,22 @@ def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
     return RunResult(
         metrics=metrics, epochs=epochs, sample_ids=data.indices("test"), y_true=data.labels[data.indices("test")], y_pred=m.y_pred,
         timings={"fine_tune_s": t1 - t0, "export_s": t2 - t1, **m.timings}, device="onnxruntime-cpu",
-        precision=fits[0].precision if fits else "fp32", selection=cfg.train.selection, artefact=str(path), details=m.details,
+        precision=fits[0].precision if fits else "fp32", selection=_selection(cfg, fits), artefact=str(path), details=m.details,
     )
 
 
-def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> tuple[torch.nn.Module, list[FitResult]]:
-    """The baseline with the recipe's training steps applied; shared between recipes with the same steps."""
-    model = build_for(cfg.model.name, cfg.model.params, data)
+def _selection(cfg: StudyConfig, fits: list[FitResult]) -> str:
+    """How the checkpoint behind the file was chosen: by fine-tuning's selection, else as its baseline was."""
+    return cfg.train.selection if fits or cfg.baseline.source == "train" else "given"
+
+
+def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
+                      hooks: Hooks) -> tuple[torch.nn.Module | None, list[FitResult]]:
+    """The baseline with the recipe's training steps applied; shared between recipes with the same
+    steps. None with a given ONNX file: its recipes have no training steps and start from the file."""
+    if cfg.baseline.source == "onnx":
+        return None, []
+    model = cfg.model.build(data.input_shape)
     baseline = out / "runs" / str(run.baseline_id) / "model.safetensors"
     if not baseline.exists():
         raise FileNotFoundError(f"baseline checkpoint {baseline} is missing (did its training fail?)")
@@ -74,11 +82,14 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     return model, fits
 
 
-def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module, data: FaceDataset, out: Path) -> Path:
-    """Export (shared per fine-tuned model and precision), then the recipe's export steps."""
+def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module | None, data: FaceDataset, out: Path) -> Path:
+    """Export (shared per fine-tuned model and precision), then the recipe's export steps. A given
+    ONNX file is already where the fp32 export goes (its baseline run put it there)."""
     precision = recipe.export_precision
     exported = out / "models" / run.prefix_id / ("model-fp16.onnx" if precision == "fp16" else "model.onnx")
     if not exported.exists():
+        if model is None:
+            raise FileNotFoundError(f"the baseline's copy of the given ONNX file {exported} is missing (did its baseline run fail?)")
         export_onnx(model, exported, (data.channels, *data.image_size), fp16=precision == "fp16")
     path = exported
     for i, step in enumerate(recipe.export_steps):

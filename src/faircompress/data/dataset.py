@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -11,6 +12,18 @@ from ..atomic import atomic_path
 
 SPLITS = ("train", "val", "test")
 UNKNOWN = -1  # attribute code for "unknown" / "unsure": counts toward overall metrics only
+
+
+class InputShape(NamedTuple):
+    """What a model is built for: images of ``channels`` x ``size`` x ``size`` and ``num_classes`` classes."""
+
+    channels: int
+    num_classes: int
+    size: int
+
+    def batch(self, n: int | str = "N") -> str:
+        """The shape of a batch of ``n`` images, e.g. '(N, 1, 48, 48)'."""
+        return f"({n}, {self.channels}, {self.size}, {self.size})"
 
 
 @dataclass
@@ -66,6 +79,10 @@ class FaceDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def input_shape(self) -> InputShape:
+        return InputShape(self.channels, self.num_classes, self.image_size[0])
 
     # --- selection ---------------------------------------------------------
     def indices(self, *splits: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ..atomic import EnvironmentFault
 from ..registry import Registry
-from .dataset import FaceDataset
+from .dataset import FaceDataset, InputShape
 from .identity import Manifest, manifest
 from .problems import LoadReport
 
@@ -25,6 +25,7 @@ class DatasetSource:
     sources: Callable[[BaseModel], list[Path]] | None = None  # the files and folders it reads (hashed by content)
     version: str = "1"                           # bump when the loader's output changes
     example: Callable[[Path], dict] | None = None  # writes a tiny copy of the layout under a folder, returns params
+    shape: Callable[[BaseModel], InputShape] | None = None  # the images and classes its parameters fix, where they do
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset", "faircompress.data.loaders", "faircompress.datasets")
@@ -60,6 +61,13 @@ class DatasetIdentity:
         blob = {"name": self.name, "version": DATASETS.get(self.name).version, "params": self.params.model_dump(mode="json"),
                 "files": self.manifest.key()}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def declared_shape(name: str, params: BaseModel | dict | None) -> InputShape | None:
+    """The input shape a dataset's parameters fix before it is loaded; None where the data decides
+    (e.g. the classes of a folder's labels.csv)."""
+    source = DATASETS.get(name)
+    return source.shape(_validated(source, params)) if source.shape else None
 
 
 def _validated(source: DatasetSource, params: BaseModel | dict | None) -> BaseModel:

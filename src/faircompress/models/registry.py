@@ -4,14 +4,11 @@ A factory may carry ``f.check_params(params: dict) -> None``: config validation 
 config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from ..registry import Registry
-
-if TYPE_CHECKING:
-    from ..data.dataset import FaceDataset
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "faircompress.models", "faircompress.models")
@@ -21,8 +18,3 @@ FIXED_ARGUMENTS = ("in_channels", "num_classes", "input_size")  # set from the d
 def build_model(name: str, *, in_channels: int, num_classes: int, input_size: int, **params: Any) -> nn.Module:
     """Build a registered model for inputs of ``in_channels`` x ``input_size`` x ``input_size``."""
     return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, input_size=input_size, **params)
-
-
-def build_for(name: str, params: dict[str, Any], data: "FaceDataset") -> nn.Module:
-    """Build a registered model shaped for ``data``'s images and classes."""
-    return build_model(name, in_channels=data.channels, num_classes=data.num_classes, input_size=data.image_size[0], **params)

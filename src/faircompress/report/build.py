@@ -209,6 +209,21 @@ def to_booktabs(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 # ----------------------------------------------------------------------------- HTML
+_SELECTION = {"test": "test set (LEAKS TEST DATA: checkpoints chosen on the data they are scored on)",
+              "given": "none for the baselines: given (your weights or ONNX file), not trained"}
+
+
+def _model_line(cfg: dict) -> str:
+    """The model as the config named it; your own files with the start of their SHA-256."""
+    model, given = cfg.get("model", {}), cfg.get("baseline", {})
+    if given.get("onnx"):
+        return f"your ONNX file {given['onnx']} (SHA-256 {str(given.get('onnx_sha256'))[:12]})"
+    name = model.get("name") or f"{model.get('function')}() in {model.get('file')}"
+    line = name + (f" (file SHA-256 {model['sha256'][:12]})" if model.get("sha256") else "")
+    line += f" {json.dumps(model['params'])}" if model.get("params") else ""
+    return line + (f"; baselines from your weights {given['weights']}" if given.get("weights") else "")
+
+
 def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     info: dict[str, str] = {}
     if runs.empty:
@@ -217,9 +232,9 @@ def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     cfg = json.loads(runs.config_json.iloc[0])
     ds = cfg.get("dataset", {})
     info["dataset"] = f"{ds.get('name')} {json.dumps(ds.get('params', {}))[:300]}"
+    info["model"] = _model_line(cfg)
     selection = set(runs.selection.dropna())
-    info["selection"] = "; ".join("test set (LEAKS TEST DATA: checkpoints chosen on the data they are scored on)" if s == "test"
-                                  else "subject-disjoint validation split" for s in sorted(selection)) or "?"
+    info["selection"] = "; ".join(_SELECTION.get(s, "subject-disjoint validation split") for s in sorted(selection)) or "?"
     if res is not None:
         info["test set"] = f"{len(res.y_true)} images, {len(np.unique(res.subjects))} subjects"
         runs_ = res.run_table()

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..examples import make_ckplus
-from ..dataset import FaceDataset
+from ..dataset import FaceDataset, InputShape
 from ..common import assemble, attributes_from_csv, require_dir
 from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
@@ -107,4 +107,5 @@ def example(root: Path) -> dict:
     return {"root": str(root), "detector": "none", "image_size": 16}
 
 
-DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, sources=sources, version="1", example=example))
+DATASETS.register("ckplus")(DatasetSource(params=CKPlusParams, load=load, sources=sources, version="1", example=example,
+                                          shape=lambda p: InputShape(p.channels, len(CLASSES), p.image_size)))

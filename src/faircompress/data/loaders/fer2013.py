@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..common import assemble, attributes_from_csv
 from ..examples import make_fer2013
-from ..dataset import FaceDataset
+from ..dataset import FaceDataset, InputShape
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
 from ..splits import TEST, TRAIN, VAL
@@ -97,4 +97,5 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, sources=sources, version="1", example=example))
+DATASETS.register("fer2013")(DatasetSource(params=FER2013Params, load=load, sources=sources, version="1", example=example,
+                                           shape=lambda p: InputShape(1, len(CLASSES), p.image_size)))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..common import assemble, require_dir
 from ..examples import make_rafdb
-from ..dataset import UNKNOWN, FaceDataset
+from ..dataset import UNKNOWN, FaceDataset, InputShape
 from ..images import Preprocess, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
@@ -144,4 +144,5 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, sources=sources, version="1", example=example))
+DATASETS.register("rafdb")(DatasetSource(params=RAFDBParams, load=load, sources=sources, version="1", example=example,
+                                         shape=lambda p: InputShape(p.channels, len(CLASSES), p.image_size)))

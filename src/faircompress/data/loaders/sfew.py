@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..common import assemble, attributes_from_csv
 from ..examples import make_sfew
-from ..dataset import FaceDataset
+from ..dataset import FaceDataset, InputShape
 from ..images import Detector, Preprocess, is_image, load_images
 from ..problems import DatasetError, LoadReport
 from ..registry import DATASETS, DatasetSource
@@ -90,4 +90,5 @@ def example(root: Path) -> dict:
     return {"root": str(root), "image_size": 16}
 
 
-DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, sources=sources, version="1", example=example))
+DATASETS.register("sfew")(DatasetSource(params=SFEWParams, load=load, sources=sources, version="1", example=example,
+                                        shape=lambda p: InputShape(p.channels, len(CLASSES), p.image_size)))

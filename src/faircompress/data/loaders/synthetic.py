@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..dataset import InputShape
 from ..registry import DATASETS, DatasetSource
 from ..synthetic import SyntheticParams, generate
 
@@ -12,4 +13,9 @@ def example(root: Path) -> dict:
     return {"subjects": 12, "sequences": 18, "peak_frames": 2, "image_size": 16, "seed": 3}
 
 
-DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=lambda p, report: generate(p), version="3", example=example))
+def shape(p: SyntheticParams) -> InputShape:
+    return InputShape(3 if p.rgb else 1, len(p.class_names), p.image_size)
+
+
+DATASETS.register("synthetic")(DatasetSource(params=SyntheticParams, load=lambda p, report: generate(p), version="3", example=example,
+                                            shape=shape))
