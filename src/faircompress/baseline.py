@@ -21,7 +21,7 @@ from .own_baseline import load_weights
 from .own_model import OwnModelError
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, fit, load_checkpoint, predict, resolve_device, save_checkpoint
+from .train import FitResult, fit, fit_to_training, load_checkpoint, predict, resolve_device, save_checkpoint
 
 
 def run_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -40,6 +40,7 @@ def train_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, art: Pa
     if ckpt.exists():  # trained before an interruption (killed before its results were stored): reuse
         fitres = FitResult.from_json(load_checkpoint(model, ckpt)["fit"])
     else:
+        fit_to_training(model, data, cfg.train.selection)  # e.g. a PCA, on the training images; the checkpoint keeps it
         fitres = fit(model, data, cfg.train, run.seed, state_path=art / "train_state.safetensors",
                      on_batch=hooks.batch, on_epoch=hooks.epoch)
         save_checkpoint(model, ckpt, {"run_id": run.run_id, "identity": json.dumps(run.identity), "fit": fitres.to_json()})

@@ -25,6 +25,7 @@ from torch import nn
 from .atomic import atomic_path
 from .config import TrainConfig
 from .data.dataset import FaceDataset
+from .models.registry import FitsToData
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -144,6 +145,20 @@ class Callbacks:
     after_step: Callable[[int], None] | None = None       # after each optimiser step (step counts from 1)
 
 
+def training_splits(selection: str) -> tuple[tuple[str, ...], str]:
+    """(the splits a model trains on, the split that selects its best epoch)."""
+    return (("train", "val"), "test") if selection == "test" else (("train",), "val")
+
+
+def fit_to_training(model: nn.Module, data: FaceDataset, selection: str) -> bool:
+    """Before training: a model with state fitted to data (`FitsToData`, e.g. pca_mlp's PCA) fits it on
+    the images it will train on, never the selection split. Returns whether the model has such state."""
+    if not isinstance(model, FitsToData):
+        return False
+    model.fit_to_training(data.images[data.indices(*training_splits(selection)[0])])
+    return True
+
+
 @dataclass
 class Batches:
     """The training and selection splits, resident on the training device as uint8."""
@@ -155,7 +170,7 @@ class Batches:
 
     @classmethod
     def on_device(cls, data: FaceDataset, selection: str, device: torch.device) -> "Batches":
-        train_splits, sel_split = (("train", "val"), "test") if selection == "test" else (("train",), "val")
+        train_splits, sel_split = training_splits(selection)
         tr, sel = data.indices(*train_splits), data.indices(sel_split)
         if len(tr) < 2:
             raise ValueError(f"{data.name}: the training split has {len(tr)} images")

@@ -1,11 +1,15 @@
 """Models by name. A model is one module in `models/` that registers a factory
 ``f(*, in_channels, num_classes, input_size, **params) -> nn.Module`` taking raw 0..255 pixels.
 A factory may carry ``f.check_params(params: dict) -> None``: config validation calls it when a
-config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field."""
+config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field.
+A model whose state is fitted to the training images before training (say, a PCA) implements
+`FitsToData`; the baseline calls it once, and the fitted state lives in buffers, so the state dict
+(every checkpoint, and every variant that loads one) carries it."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
+import numpy as np
 from torch import nn
 
 from ..registry import Registry
@@ -13,6 +17,14 @@ from ..registry import Registry
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "faircompress.models", "faircompress.models")
 FIXED_ARGUMENTS = ("in_channels", "num_classes", "input_size")  # set from the dataset, not the config
+
+
+@runtime_checkable
+class FitsToData(Protocol):
+    """A model with state fitted to its training images, kept in buffers (not trained, not compressed)."""
+
+    def fit_to_training(self, images: np.ndarray) -> None:
+        """Fit on the uint8 (N, C, H, W) images the model will be trained on (never test images)."""
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, input_size: int, **params: Any) -> nn.Module:
