@@ -1,5 +1,7 @@
 """ResNet-18: its size, its stems, ImageNet weights by torchvision's names, and every compression step
 on it down to the exported file."""
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 import yaml
 from conftest import TINY_DATA
 from onnx import numpy_helper
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from faircompress.compress.export import export_onnx
 from faircompress.compress.pruning import prunable
@@ -284,3 +286,25 @@ def test_every_quantisation_mode_on_resnet18_runs_in_onnxruntime(tiny, tmp_path,
     if mode == "int8-weights":
         codes = _initializers(path)
         assert codes["layer4.1.conv2.weight_int8"].dtype == np.int8 and codes["layer4.1.conv2.weight_scale"].shape == (512,)
+
+
+def test_the_pretrained_files_content_is_part_of_the_studys_identity(imagenet, tmp_path):
+    """The study binds to the weights, not to their path: a file changed in place is refused."""
+    from faircompress.config import dump_config
+    from faircompress.plan import result_fields
+
+    path = tmp_path / "weights.safetensors"
+    shutil.copy(imagenet["safetensors"], path)
+    cfg = load_config(None, {"model": {"name": "resnet18", "params": {"pretrained": str(path)}}})
+    assert cfg.model.params_sha256 == {"pretrained": hashlib.sha256(path.read_bytes()).hexdigest()}
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(saved).model.params_sha256 == cfg.model.params_sha256  # a study's saved config reloads
+    before = result_fields(cfg)
+    state = load_file(str(path))
+    state["fc.bias"] = state["fc.bias"] + 1
+    save_file(state, str(path))
+    with pytest.raises(ConfigError, match=r"params_sha256.pretrained is given as .* the file changed"):
+        load_config(saved)
+    assert result_fields(load_config(None, {"model": {"name": "resnet18", "params": {"pretrained": str(path)}}})) != before
+    assert "params_sha256" not in dump_config(load_config(None, {}))  # a registered model without files dumps as before

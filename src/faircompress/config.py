@@ -66,6 +66,9 @@ class ModelConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model")
     sha256: str | None = Field(None, description="SHA-256 of the file defining your own model: set when the config loads; "
                                                  "a value given must match the file")
+    params_sha256: dict[str, str] | None = Field(None, description="SHA-256 of each file a parameter names (a model's "
+                                                 "`file_params`, e.g. pretrained weights): set when the config loads; "
+                                                 "a value given must match the file")
 
     @model_validator(mode="after")
     def _resolve(self) -> "ModelConfig":
@@ -86,6 +89,7 @@ class ModelConfig(Strict):
         check = getattr(resolved.factory, "check_params", None)  # e.g. a weights file: refused before any run
         if check is not None:
             check(self.params)
+        self.__dict__["params_sha256"] = self._file_param_hashes(resolved)
         if self.sha256 is not None and not resolved.own:
             raise ValueError(f"sha256 goes with your own model's file; {resolved.what} is a registered model")
         if self.sha256 is not None and self.sha256 != resolved.sha256:
@@ -93,6 +97,18 @@ class ModelConfig(Strict):
                              f"{resolved.sha256}: the model's code changed")
         self.__dict__["sha256"] = resolved.sha256
         return self
+
+    def _file_param_hashes(self, resolved: "ResolvedModel") -> dict[str, str] | None:
+        """The content hash of every file a parameter names, so a study binds to the weights, not to
+        where they lie; a given value that no longer matches means the file changed."""
+        from .own_model import file_sha256
+
+        found = {k: file_sha256(Path(self.params[k])) for k in getattr(resolved.factory, "file_params", ()) if self.params.get(k)}
+        for key, sha in (self.params_sha256 or {}).items():
+            if found.get(key) != sha:
+                raise ValueError(f"params_sha256.{key} is given as {sha}, but params.{key} ({self.params.get(key)}) now has "
+                                 f"SHA-256 {found.get(key)}: the file changed")
+        return found or None
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

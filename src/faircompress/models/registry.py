@@ -1,7 +1,9 @@
 """Models by name. A model is one module in `models/` that registers a factory
 ``f(*, in_channels, num_classes, input_size, **params) -> nn.Module`` taking raw 0..255 pixels.
 A factory may carry ``f.check_params(params: dict) -> None``: config validation calls it when a
-config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field.
+config loads (before any dataset or run), and a ValueError it raises stops the config, naming the field;
+and ``f.file_params``, the names of parameters that are file paths, whose contents are hashed into the
+study's identity (a changed weights file is refused like a changed dataset).
 A model whose state is fitted to the training images before training (say, a PCA) implements
 `FitsToData`; the baseline calls it once, and the fitted state lives in buffers, so the state dict
 (every checkpoint, and every variant that loads one) carries it."""

@@ -239,3 +239,4 @@ def resnet18(*, in_channels: int, num_classes: int, input_size: int, pretrained:
 
 
 resnet18.check_params = check_params  # type: ignore[attr-defined]  # run by config validation (see models/registry.py)
+resnet18.file_params = ("pretrained",)  # type: ignore[attr-defined]  # hashed into the study's identity (config.py)
