@@ -238,7 +238,9 @@ def _print_baselines(study_dir: Path, baselines, attrs: list[str]) -> None:
         status = r["status"] if r["status"] != "failed" else Text.assemble(("failed", "red"), f": {str(r['error']).splitlines()[0]}")
         rows.append([r["run"], status, sel, _pct(r.get("accuracy")), *[_pct(r.get(f"gap {a}")) for a in attrs]])
     frame = pd.DataFrame(rows, columns=["run", "status", "selection", "accuracy", *[f"gap {a}" for a in attrs]])
-    _print_frame(frame, f"{escape(str(study_dir))}: baselines (PyTorch, test split)", wrap=("status", "selection"))
+    given = (baselines["selection"] == "given").any() if "selection" in baselines else False
+    what = "the trained model, or the given one (selection: given)" if given else "the trained PyTorch model"
+    _print_frame(frame, f"{escape(str(study_dir))}: baselines ({what}, test split)", wrap=("status", "selection"))
 
 
 def _print_baseline_groups(baselines, res) -> None:
