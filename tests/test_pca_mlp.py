@@ -195,10 +195,9 @@ def test_features_are_each_block_standardised_principal_components(tiny):
         feats = model.features(torch.from_numpy(train).float()).double().numpy()
     for block, desc in ((feats[:, :5], D.lpq_histogram(train)), (feats[:, 5:], D.phog(train))):
         assert abs(block.mean()) < 1e-5 and abs(block.std() - 1) < 1e-5  # one mean and sd per block (Dixit et al. 2.2)
-        scores = PCA(5).fit_transform(desc)
+        scores = PCA(5, svd_solver="full").fit_transform(desc)  # "auto" may pick the randomized solver: unseeded
         scores /= scores.std()
-        # the same components, up to sign; float32 features carry ~1e-3 rounding on the weakest component
-        assert np.allclose(np.abs(block), np.abs(scores), atol=5e-3)
+        assert np.allclose(np.abs(block), np.abs(scores), atol=1e-3)  # the same components, up to sign
 
 
 def test_fitted_state_survives_a_checkpoint_and_only_the_mlp_is_trainable(tiny, tmp_path):
