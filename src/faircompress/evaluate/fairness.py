@@ -173,6 +173,11 @@ def bootstrap_p(estimate: float, boot: np.ndarray) -> float:
     with the bootstrap standard error (percentile p-values cannot go below 1 / B, too coarse for a
     study-wide Holm correction)."""
     se = float(np.nanstd(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else float("nan")
+    return normal_p(estimate, se)
+
+
+def normal_p(estimate: float, se: float) -> float:
+    """Two-sided p-value of 'no change' for an estimate with standard error ``se`` (normal approximation)."""
     if not se > 0:
         return 1.0 if estimate == 0 else float("nan")
     return float(math.erfc(abs(estimate) / se / math.sqrt(2)))

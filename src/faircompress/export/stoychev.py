@@ -18,7 +18,6 @@ attribute with female and male groups). ``index.csv`` maps each file to its run.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -26,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_bytes_atomic, write_text_atomic
-from ..report.paper import COLUMNS, paper_variant, variant_recipe
-from ..report.results import StudyResults, load_results
+from ..report.paper import COLUMNS, accuracy_within, group_members, paper_variant, variant_recipe
+from ..report.results import StudyResults, dataset_name, load_results
 from ..store import ResultStore
 from . import EXPORT_FORMATS, Exported
 
@@ -50,8 +49,7 @@ def export_stoychev(study_dir: Path, out: Path) -> Exported:
         runs = store.runs()
     finally:
         store.close()
-    dataset = str(json.loads(runs.config_json.iloc[0]).get("dataset", {}).get("name", ""))
-    rafdb = dataset == "rafdb"
+    rafdb = dataset_name(runs) == "rafdb"
     _require_groups(res, study_dir, rafdb)
     folder = out / ("logs_rafdb" if rafdb else "logs")
     _remove_previous(folder)
@@ -84,29 +82,18 @@ def run_metrics(res: StudyResults, run_id: str, rafdb: bool) -> dict:
     right = res.preds[run_id] == res.y_true
     size = res.scalar("zipped_bytes").get(run_id, np.nan)
     metrics: dict = {"size": int(size) if np.isfinite(size) else None, "acc": float(right.mean())}
-    female, male = (_members(res, "gender", g) for g in ("female", "male"))
-    metrics["f_acc"], metrics["m_acc"] = _accuracy(right, female), _accuracy(right, male)
+    female, male = (group_members(res, "gender", g) for g in ("female", "male"))
+    metrics["f_acc"], metrics["m_acc"] = accuracy_within(right, female), accuracy_within(right, male)
     if rafdb:
         for key, column in RAFDB_KEYS.items():
-            metrics[key] = _accuracy(right, _members(res, *COLUMNS[column]))
+            metrics[key] = accuracy_within(right, group_members(res, *COLUMNS[column]))
         return metrics
     for prefix, members in (("f", female), ("m", male)):
-        breakdown = [_accuracy(right, members & (res.y_true == c)) for c in range(len(res.class_names))]
+        breakdown = [accuracy_within(right, members & (res.y_true == c)) for c in range(len(res.class_names))]
         present = [a for a in breakdown if not np.isnan(a)]
         metrics[f"{prefix}_acc_breakdown"] = breakdown
         metrics[f"{prefix}_acc_balanced"] = float(np.mean(present)) if present else float("nan")
     return metrics
-
-
-def _members(res: StudyResults, attribute: str, group: str) -> np.ndarray:
-    names = res.groups.get(attribute, [])
-    if group not in names:
-        return np.zeros(len(res.y_true), dtype=bool)
-    return res.codes[attribute] == names.index(group)
-
-
-def _accuracy(right: np.ndarray, members: np.ndarray) -> float:
-    return float(right[members].mean()) if members.any() else float("nan")
 
 
 def _require_groups(res: StudyResults, study_dir: Path, rafdb: bool) -> None:

@@ -24,7 +24,7 @@ from .faces import face_grid
 from .findings import as_html, findings
 from . import paper as P
 from . import weights as W
-from .results import NothingToAnalyse, StudyResults, Variant, load_results
+from .results import NothingToAnalyse, StudyResults, Variant, dataset_name, load_results
 from .tables import markdown_table
 from .training import fine_tuning_curves, training_curves, training_table
 
@@ -66,7 +66,7 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     res = _loaded(store, report.missing)
     sections: list[str] = []
     if res is not None:
-        report.tables = _tables(res, n_boot, seed, say, _dataset_name(runs)) | _weight_tables(res, study_dir)
+        report.tables = _tables(res, n_boot, seed, say, dataset_name(runs)) | _weight_tables(res, study_dir)
         for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
         say("figures")
@@ -90,10 +90,6 @@ def _loaded(store: ResultStore, missing: list[str]) -> StudyResults | None:
         missing.append(f"no finished '{REFERENCE_LABEL}' variant: every comparison needs the baseline's exported file")
         return None
     return res
-
-
-def _dataset_name(runs: pd.DataFrame) -> str:
-    return str(json.loads(runs.config_json.iloc[0]).get("dataset", {}).get("name", "")) if not runs.empty else ""
 
 
 def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress, dataset: str = "") -> dict[str, pd.DataFrame]:

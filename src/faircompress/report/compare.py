@@ -14,7 +14,6 @@ never compared. The first study is the reference each other study is compared wi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,7 @@ from ..store import ResultStore
 from . import analysis as A
 from . import weights as W
 from .findings import Finding
-from .results import INTERSECTION, StudyResults, Variant, load_results
+from .results import INTERSECTION, StudyResults, Variant, dataset_name, load_results
 
 Progress = Callable[[str], None]
 Z95 = 1.959964
@@ -59,8 +58,7 @@ def load_study(path: Path, n_boot: int, seed: int) -> Study:
         store.close()
     if res.reference is None:
         raise CompareError(f"{path}: no finished baseline (fp32) variant, so no change can be measured")
-    cfg = json.loads(runs.config_json.iloc[0])
-    return Study(str(runs.study.iloc[0]), path, str(cfg.get("dataset", {}).get("name", "?")), res,
+    return Study(str(runs.study.iloc[0]), path, dataset_name(runs) or "?", res,
                  A.gap_table(res, n_boot, seed), W.spread_table(res, path))
 
 
@@ -163,17 +161,11 @@ def gap_differences(studies: list[Study], gaps: pd.DataFrame) -> pd.DataFrame:
         for idx in first.index.intersection(mine.index):
             a, b = first.loc[idx], mine.loc[idx]
             diff, se = float(b.gap_change - a.gap_change), float(np.hypot(a.se, b.se))
-            p = _normal_p(diff, se) if se > 0 else float("nan")
+            p = F.normal_p(diff, se)
             rows.append({"study": other.name, "against": studies[0].name, "key": idx[0], "variant": a.variant,
                          "attribute": idx[1], "difference": diff, "ci_low": diff - Z95 * se, "ci_high": diff + Z95 * se, "p": p})
     return _holm(pd.DataFrame(rows, columns=["study", "against", "key", "variant", "attribute", "difference", "ci_low",
                                              "ci_high", "p"]))
-
-
-def _normal_p(estimate: float, se: float) -> float:
-    import math
-
-    return float(math.erfc(abs(estimate) / se / math.sqrt(2)))
 
 
 def _holm(df: pd.DataFrame) -> pd.DataFrame:

@@ -104,16 +104,18 @@ def run_measures(res: StudyResults, variant: Variant, columns: list[str]) -> pd.
         row = {"size_mb": sizes.get(run_id, np.nan) / 1e6, "overall": 100 * right.mean()}
         for col in columns:
             if COLUMNS.get(col):
-                row[col] = 100 * _group_accuracy(res, right, *COLUMNS[col])
+                row[col] = 100 * accuracy_within(right, group_members(res, *COLUMNS[col]))
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
-def _group_accuracy(res: StudyResults, right: np.ndarray, attribute: str, group: str) -> float:
+def group_members(res: StudyResults, attribute: str, group: str) -> np.ndarray:
+    """(N,) whether each test image is in the group (all False when the study has no such group)."""
     names = res.groups.get(attribute, [])
-    if group not in names:
-        return float("nan")
-    members = res.codes[attribute] == names.index(group)
+    return res.codes[attribute] == names.index(group) if group in names else np.zeros(len(res.y_true), dtype=bool)
+
+
+def accuracy_within(right: np.ndarray, members: np.ndarray) -> float:
     return float(right[members].mean()) if members.any() else float("nan")
 
 

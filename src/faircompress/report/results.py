@@ -80,6 +80,11 @@ class StudyResults:
         return self.scalars[metric] if metric in self.scalars else pd.Series(dtype=float)
 
 
+def dataset_name(runs: pd.DataFrame) -> str:
+    """The registered dataset a study's config names ('' for a study with no runs)."""
+    return str(json.loads(runs.config_json.iloc[0]).get("dataset", {}).get("name", "")) if not runs.empty else ""
+
+
 class NothingToAnalyse(ValueError):
     """The study has no recorded test samples yet."""
 

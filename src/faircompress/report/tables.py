@@ -45,7 +45,14 @@ def per_run_measures(res: StudyResults, run_ids: list[str]) -> pd.DataFrame:
 
 
 def variant_stats(res: StudyResults) -> pd.DataFrame:
-    """Per variant and measure: mean and std over its runs (long format, `STATS_COLUMNS`)."""
+    """Per variant and measure: mean and std over its runs (long format, `STATS_COLUMNS`); computed
+    once per load (the report's tables, findings and weight tables all read it)."""
+    if "variant_stats" not in res.memo:
+        res.memo["variant_stats"] = _variant_stats(res)
+    return res.memo["variant_stats"]
+
+
+def _variant_stats(res: StudyResults) -> pd.DataFrame:
     runs = res.run_table().set_index("run_id")
     if runs.empty:
         return pd.DataFrame(columns=STATS_COLUMNS)
