@@ -115,3 +115,25 @@ def test_paired_accuracy_bootstrap_is_centred_on_the_change_and_pairs_images():
     assert np.mean(boot) == pytest.approx(change, abs=0.005)
     independent = np.std([var[:, rng.integers(0, 400, 400)].mean() - base[:, rng.integers(0, 400, 400)].mean() for _ in range(500)])
     assert np.std(boot) < independent / 1.5  # both populations see the same draw of images
+
+
+def test_a_models_grid_runs_one_study_per_model_and_compares_them_side_by_side(tmp_path):
+    """Two values of a model parameter (the SFEW paper's hidden sizes, smaller) as one grid: each a
+    whole study with its report, then one comparison of the two."""
+    from faircompress.config import dump_config, load_config
+
+    grid = [{"name": "pca_mlp", "params": {"hidden": h, "components": 3, "phog_levels": 1}} for h in (4, 8)]
+    cfg = load_config(None, {
+        "output_dir": str(tmp_path / "grid"), "name": "grid", "dataset.params": dict(TINY_DATA), "models": grid,
+        "train.epochs": 1, "train.batch_size": 8, "train.precision": "fp32", "train.device": "cpu", "evaluation.latency": False,
+        "evaluation.memory": False, "recipes": [[{"prune": {"sparsity": 0.5, "epochs": 1}}]], "repeats": 1})
+    (tmp_path / "grid.yaml").write_text(dump_config(cfg))
+    ran = CliRunner().invoke(app, ["run", str(tmp_path / "grid.yaml"), "--no-faces"])
+    assert ran.exit_code == 0, ran.output
+    out = tmp_path / "grid"
+    for label in ("pca_mlp-hidden=4", "pca_mlp-hidden=8"):
+        assert (out / label / "results.sqlite").exists() and (out / label / "report.html").exists()
+    assert (out / "compare.html").exists() and load_config(out / "grid.yaml").models == cfg.models
+    changes = pd.read_csv(out / "tables" / "compare-accuracy_change.csv")
+    assert sorted(changes.study) == ["grid-pca_mlp-hidden=4", "grid-pca_mlp-hidden=8"]
+    assert set(changes.variant) == {"prune 50% [epochs=1]"}

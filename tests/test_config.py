@@ -1,9 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from faircompress.config import ConfigError, StudyConfig, load_config
+from faircompress.config import ConfigError, StudyConfig, dump_config, load_config
+from faircompress.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,3 +117,32 @@ def test_an_empty_recipe_is_refused_naming_its_line(tmp_path):
         load_config(f)
     assert ("recipes.1 (line 3): an empty recipe is the fp32 baseline, which every study measures already; remove it"
             in str(e.value))
+
+
+def test_a_models_grid_is_one_study_per_model_labelled_by_what_tells_them_apart(tmp_path):
+    cfg = load_config(None, {"output_dir": str(tmp_path / "grid"), "name": "g", "models": [
+        {"name": "pca_mlp", "params": {"hidden": 30}}, {"name": "pca_mlp", "params": {"hidden": 50}, "train": {"lr": 0.01}},
+        {"name": "paper_cnn", "label": "cnn", "dataset": {"params": {"image_size": 32}}}]})
+    studies = cfg.studies()
+    assert [s.name for s in studies] == ["g-pca_mlp-hidden=30", "g-pca_mlp-hidden=50", "g-cnn"]
+    assert [s.output_dir for s in studies] == [tmp_path / "grid" / x for x in ("pca_mlp-hidden=30", "pca_mlp-hidden=50", "cnn")]
+    assert [s.train.lr for s in studies] == [5e-4, 0.01, 5e-4]  # the entry's own settings, over the grid's
+    assert [s.dataset.params["image_size"] for s in studies] == [48, 48, 32]
+    assert all(s.models is None and s.recipes == cfg.recipes and s.seeds == cfg.seeds for s in studies)
+    # each model's study is the one study it would be on its own: its runs' ids are those of that study
+    alone = load_config(None, {"output_dir": str(tmp_path / "x"), "model": {"name": "pca_mlp", "params": {"hidden": 30}}})
+    assert [r.run_id for r in plan(studies[0])] == [r.run_id for r in plan(alone)]
+    assert "models" not in yaml.safe_load(dump_config(alone))  # a one-model study is stored as before
+
+
+@pytest.mark.parametrize("text, detail", [
+    ("model: {name: paper_cnn}\nmodels: [{name: paper_cnn, label: a}, {name: pca_mlp}]\n", "give model (one) or models"),
+    ("models:\n  - {name: pca_mlp}\n  - {name: pca_mlp}\n", "models (line 1): models 0 and 1 would both be labelled 'pca_mlp'"),
+    ("models:\n  - {name: pca_mlp}\n  - {name: paper_cnn, train: {lr: 7}}\n", "models (line 1): models.1 (paper_cnn): train.lr"),
+    ("models:\n  - {name: pca_mlp}\n  - {name: paper_cnn, label: a/b}\n", "models.1.label (line 3): label 'a/b' names a folder"),
+    ("models: [{name: pca_mlp}]\n", "models (line 1): List should have at least 2 items"),
+])
+def test_a_bad_models_grid_names_the_entry(tmp_path, text, detail):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(detail)):
+        load_config(tmp_path / "c.yaml")

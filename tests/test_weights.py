@@ -83,6 +83,17 @@ def test_histograms_show_the_papers_layers_and_the_users(study, loaded):
     assert out.exit_code == 2 and "--layer nope" in out.output
 
 
+def test_histograms_choose_among_the_weights_compression_changed_and_add_the_largest():
+    # pca_mlp: its descriptor filters and PCA map are fixed (never pruned); only its two dense layers change
+    changed = {"hidden.weight": (2, 300), "out.weight": (2, 210)}
+    every = ["lpq.kernels", "lpq_weight", "phog_weight", "hidden.weight", "out.weight"]
+    assert W.histogram_layers(changed, every, []) == ["hidden.weight"]
+    assert W.histogram_layers(changed, every, ["lpq_weight"]) == ["hidden.weight", "lpq_weight"]  # named: shown anyway
+    # ResNet-18 at 48 px: the first conv, the head, and its largest kernel (a 3x3 conv of the last stage)
+    resnet = {"conv1.weight": (4, 576), "layer4.1.conv2.weight": (4, 2_359_296), "layer1.0.conv1.weight": (4, 36_864), "fc.weight": (2, 4096)}
+    assert W.histogram_layers(resnet, list(resnet), []) == ["conv1.weight", "fc.weight", "layer4.1.conv2.weight"]
+
+
 def test_the_report_shows_sizes_weights_and_the_explanation(study):
     html = (study / "report.html").read_text()
     for stem in ("sizes", "weights-"):

@@ -47,7 +47,8 @@ def run(
     no_faces: bool = typer.Option(False, "--no-faces", help=NO_FACES_HELP),
 ) -> None:
     """Run a study; finished runs already in the study directory are skipped, and runs whose file
-    is missing or altered are rebuilt."""
+    is missing or altered are rebuilt. A config with `models:` runs one study per model, in
+    output_dir/<label>/, then compares them side by side (output_dir/compare.html)."""
     overrides: dict = {} if cache else {"dataset.cache": False}
     if out is not None:
         overrides["output_dir"] = str(out)
@@ -56,18 +57,27 @@ def run(
     if device is not None:
         overrides["train.device"] = device
     cfg = _load(config, overrides)
-    from .study import plan, run_study
     from .train import DeviceError, require_device
 
     try:
         require_device(cfg.train.device)
     except DeviceError as e:
         _fail(str(e))
+    studies = cfg.studies()
+    failed = sum(_run_one(study, no_faces) for study in studies)
+    if len(studies) > 1:
+        _compare_grid(cfg, studies)
+    if failed:
+        raise typer.Exit(1)
 
-    console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
+
+def _run_one(cfg, no_faces: bool) -> int:
+    """Run one study, show and report it; the number of runs that failed."""
     from .binding import BindingError
     from .data.problems import DatasetError
+    from .study import plan, run_study
 
+    console.print(f"[bold]study[/] {cfg.name} → {cfg.output_dir}  ({len(plan(cfg))} runs)")
     try:
         with _RichHooks(cfg.train.epochs) as hooks:
             report = run_study(cfg, hooks)
@@ -76,8 +86,26 @@ def run(
     except (StoreError, DatasetError, BindingError, ConfigError, EnvironmentFault) as e:
         _fail_on(e)
     _report(Path(cfg.output_dir), n_boot=1000, faces=not no_faces)
-    if report.failed:
-        raise typer.Exit(1)
+    return len(report.failed)
+
+
+def _compare_grid(cfg, studies) -> None:
+    """A models grid: its config in output_dir/grid.yaml, and its studies side by side in output_dir/compare.html."""
+    from .atomic import write_text_atomic
+    from .config import dump_config
+    from .report.compare import CompareError, write_comparison
+    from .report.results import NothingToAnalyse
+
+    out = Path(cfg.output_dir)
+    write_text_atomic(out / "grid.yaml", dump_config(cfg))
+    try:
+        with console.status("compare ...") as status:
+            page = write_comparison([Path(s.output_dir) for s in studies], out, n_boot=1000,
+                                    say=lambda msg: status.update(f"compare: {msg} ..."))
+    except (StoreError, EnvironmentFault, CompareError, NothingToAnalyse) as e:
+        _fail_on(e)
+    console.print(f"models side by side: {page}  (the first, {studies[0].name}, is the one the others are compared with)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

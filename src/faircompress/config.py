@@ -4,6 +4,7 @@ Unknown keys, wrong types and impossible values are errors that name the field (
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -134,6 +135,64 @@ class ModelConfig(Strict):
         return build(resolved, self.params, shape)
 
 
+class GridModel(ModelConfig):
+    """One model of a study's `models` grid: a model as `model` gives it, the label that names its
+    study (and its folder under output_dir), and training or dataset settings for this model only."""
+
+    label: str | None = Field(None, description="names the model's study and folder (default: the model's name, with the "
+                                                "parameters that tell two entries of one model apart)")
+    train: dict[str, Any] = Field(default_factory=dict, description="train settings for this model only, over the study's")
+    dataset: dict[str, Any] = Field(default_factory=dict, description="dataset settings for this model only, over the study's "
+                                                                       "(e.g. params: {image_size: 224, channels: 3})")
+
+    @field_validator("label")
+    @classmethod
+    def _folder_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,79}", v):
+            raise ValueError(f"label {v!r} names a folder: use letters, digits and . _ = + - (up to 80), starting with a letter or digit")
+        return v
+
+    def as_model(self) -> dict[str, Any]:
+        """The entry as a plain `model` (what its study's config holds)."""
+        return self.model_dump(mode="json", exclude={"label", "train", "dataset"})
+
+    def base_label(self) -> str:
+        if self.file is not None:
+            return self.file.stem
+        return str(self.name).rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
+def _param_text(value: Any) -> str:
+    text = Path(value).stem if isinstance(value, str) and ("/" in value or "\\" in value) else str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text)[:24]
+
+
+def grid_labels(entries: list[GridModel]) -> list[str]:
+    """Each entry's label: its own, else the model's name, followed, where two entries share that
+    name, by the parameters in which they differ (e.g. pca_mlp-hidden=30, pca_mlp-hidden=50)."""
+    labels = []
+    for entry in entries:
+        if entry.label is not None:
+            labels.append(entry.label)
+            continue
+        label = entry.base_label()
+        twins = [e for e in entries if e.label is None and e.base_label() == label and e is not entry]
+        keys = sorted({k for t in twins for k in set(t.params) | set(entry.params) if t.params.get(k) != entry.params.get(k)})
+        labels.append("-".join([label, *(f"{k}={_param_text(entry.params.get(k))}" for k in keys)]))
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise ValueError(f"models {labels.index(label)} and {i} would both be labelled {label!r}: give them labels")
+    return labels
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values, mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class TrainConfig(Strict):
     """The paper's recipe by default (DESIGN.md §2)."""
 
@@ -248,6 +307,52 @@ class StudyConfig(Strict):
     )
     repeats: int = Field(3, ge=1, le=100, description="fine-tuning repeats per recipe (recipes with no fine-tuning run once)")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    models: list[GridModel] | None = Field(None, min_length=2, description="several models (or one model with several "
+                                           "parameter values), each run as its own study in output_dir/<label>/ with the "
+                                           "same data, seeds and recipes, then compared side by side; instead of `model`")
+
+    @model_serializer(mode="wrap")
+    def _without_grid(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("models") is None:
+            out.pop("models", None)  # a one-model study dumps (and is stored) as before
+        else:
+            out.pop("model", None)  # a grid has no one model
+        return out
+
+    @field_validator("models")
+    @classmethod
+    def _label_and_check(cls, v: list[GridModel] | None, info: ValidationInfo) -> list[GridModel] | None:
+        """Each model labelled, and its study's config checked now, so an error names the entry."""
+        if v is None:
+            return v
+        labelled = [m.model_copy(update={"label": label}) for m, label in zip(v, grid_labels(v))]
+        base = {k: x.model_dump(mode="json") if isinstance(x, BaseModel) else x for k, x in info.data.items()}
+        for i, entry in enumerate(labelled):
+            try:
+                _grid_study(base, entry)
+            except ValidationError as e:
+                raise ValueError(f"models.{i} ({entry.label}): " + format_errors(e)) from None
+        return labelled
+
+    @model_validator(mode="after")
+    def _one_kind_of_model(self) -> "StudyConfig":
+        if self.models is None:
+            return self
+        if "model" in self.model_fields_set:
+            raise ValueError("give model (one) or models (a grid), not both")
+        if self.baseline.source != "train":
+            raise ValueError("baseline.weights and baseline.onnx belong to one model; a models grid trains each model")
+        return self
+
+    def study_of(self, i: int) -> "StudyConfig":
+        """The study of the grid's ``i``-th model: this config with that model and its own settings, in output_dir/<label>."""
+        assert self.models is not None, "only for a models grid"
+        return _grid_study(self.model_dump(mode="json", exclude={"models"}), self.models[i])
+
+    def studies(self) -> list["StudyConfig"]:
+        """The studies this config runs: itself, or one per model of its grid."""
+        return [self] if self.models is None else [self.study_of(i) for i in range(len(self.models))]
 
     @field_validator("model")
     @classmethod
@@ -308,6 +413,14 @@ class StudyConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
+
+
+def _grid_study(base: dict[str, Any], entry: GridModel) -> StudyConfig:
+    """The study config of one entry of a models grid, from the grid's config fields ``base`` (as JSON)."""
+    raw = merged({k: v for k, v in base.items() if k not in ("model", "models")}, {"dataset": entry.dataset, "train": entry.train})
+    raw |= {"model": entry.as_model(), "name": f"{base.get('name')}-{entry.label}",
+            "output_dir": str(Path(base.get("output_dir", ".")) / str(entry.label))}
+    return StudyConfig.model_validate(raw)
 
 
 def _export_steps_only(recipe: Any, where: str) -> None:

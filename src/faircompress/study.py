@@ -63,6 +63,8 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     The device is checked and the dataset loaded (and checked) before the study directory is created."""
     from .train import require_device  # the training stack, imported only when a study runs
 
+    if cfg.models is not None:
+        raise ConfigError(f"{cfg.name}: a models grid runs as one study per model (StudyConfig.studies())")
     require_device(cfg.train.device)
     hooks = hooks or Hooks()
     cache = default_cache_dir() if cfg.dataset.cache else None

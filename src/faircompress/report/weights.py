@@ -124,15 +124,19 @@ def kernel_table(res: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "layer", "elements", "sparsity", "distinct values", "dtype"])
 
 
-def histogram_layers(ranks: dict[str, int], requested: list[str]) -> list[str]:
+def histogram_layers(changed: dict[str, tuple[int, int]], layers: list[str], requested: list[str]) -> list[str]:
     """The layers the paper plots (its caption's first convolution and its text's first dense layer:
-    the first 4-d and the first 2-d weight) and any the user names. ``ranks``: layer -> ndim."""
-    unknown = [r for r in requested if r not in ranks]
+    the first 4-d and the first 2-d weight), the model's largest weight, and any the user names.
+    ``changed``: layer -> (ndim, elements) of the weights compression changed (a model's fixed
+    tensors, e.g. pca_mlp's descriptor filters, are never pruned and are not chosen); ``layers``: all
+    the file's weights, which the user may name."""
+    unknown = [r for r in requested if r not in layers]
     if unknown:
-        raise UnknownLayer(f"--layer {', '.join(unknown)}: not a weight of the study's files (they have: {', '.join(ranks)})")
-    conv = next((n for n, r in ranks.items() if r == 4), None)
-    dense = next((n for n, r in ranks.items() if r == 2), None)
-    return list(dict.fromkeys([n for n in (conv, dense) if n] + requested))
+        raise UnknownLayer(f"--layer {', '.join(unknown)}: not a weight of the study's files (they have: {', '.join(layers)})")
+    conv = next((n for n, (rank, _) in changed.items() if rank == 4), None)
+    dense = next((n for n, (rank, _) in changed.items() if rank == 2), None)
+    largest = max(changed, key=lambda n: changed[n][1], default=None)
+    return list(dict.fromkeys([n for n in (conv, dense, largest) if n] + requested))
 
 
 def weight_pairs(res: StudyResults, study_dir: Path, requested: list[str]) -> tuple[Variant | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -149,8 +153,9 @@ def weight_pairs(res: StudyResults, study_dir: Path, requested: list[str]) -> tu
     ref_run = ref.run_ids[0]
     run = next((r for r in variant.run_ids if base_of.get(r) == base_of.get(ref_run)), variant.run_ids[0])
     before, after = float_weights(study_dir, arts.get(ref_run)), float_weights(study_dir, arts.get(run))
-    ranks = {n: w.ndim for n, w in before.items() if n in after and w.shape == after[n].shape}
-    return variant, {n: (before[n], after[n]) for n in histogram_layers(ranks, requested)}
+    same = {n: w for n, w in before.items() if n in after and w.shape == after[n].shape}
+    changed = {n: (w.ndim, w.size) for n, w in same.items() if not np.array_equal(w, after[n])}
+    return variant, {n: (before[n], after[n]) for n in histogram_layers(changed, list(same), requested)}
 
 
 def _artefacts(res: StudyResults) -> pd.Series:
