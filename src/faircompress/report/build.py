@@ -241,6 +241,11 @@ def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     note = _split_note(ds)
     if note:
         info["test split"] = note
+    if ds.get("augment"):
+        aug = ds["augment"]
+        info["augmentation"] = (f"offline: {aug.get('copies')} augmented copies of every training image (horizontal flip, "
+                                f"shift-scale-rotate, blur, brightness-contrast; seed {aug.get('seed')}), counted in the "
+                                "train columns of the data tables; val and test not augmented")
     info["model"] = _model_line(cfg)
     selection = set(runs.selection.dropna())
     info["selection"] = "; ".join(_SELECTION.get(s, "subject-disjoint validation split") for s in sorted(selection)) or "?"
