@@ -72,6 +72,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     data = load_identified(ident, cache)
     _check_unreadable(cfg, data, hooks)
     _check_own_files(cfg, data)
+    data = _augmented(cfg, data, hooks)  # after the checks: they speak of the images loaded
     out = Path(cfg.output_dir)
     store = ResultStore(out)
     try:
@@ -183,6 +184,17 @@ def _check_unreadable(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> None
         if n and bad / n > cfg.dataset.max_unreadable:
             raise DatasetError(f"{bad} of the {n} {split} images of {cfg.dataset.name} ({bad / n:.1%}) could not be read, more than "
                                f"dataset.max_unreadable ({cfg.dataset.max_unreadable:.1%}); `faircompress data check` lists them")
+
+
+def _augmented(cfg: StudyConfig, data: FaceDataset, hooks: Hooks) -> FaceDataset:
+    """The dataset with `dataset.augment`'s copies of every training image appended (val and test,
+    and so the test samples the store records, untouched)."""
+    if cfg.dataset.augment is None:
+        return data
+    from .data.augment import augment_offline, described
+
+    hooks.note(described(cfg.dataset.augment, len(data.indices("train"))))
+    return augment_offline(data, cfg.dataset.augment)
 
 
 def _check_own_files(cfg: StudyConfig, data: FaceDataset) -> None:

@@ -26,6 +26,8 @@ class DatasetSource:
     version: str = "1"                           # bump when the loader's output changes
     example: Callable[[Path], dict] | None = None  # writes a tiny copy of the layout under a folder, returns params
     shape: Callable[[BaseModel], InputShape] | None = None  # the images and classes its parameters fix, where they do
+    split_note: Callable[[BaseModel], str | None] | None = None  # what a reader must know of how its parameters split
+    # the data (e.g. a test split that is not subject-disjoint); the report says it
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset", "faircompress.data.loaders", "faircompress.datasets")
@@ -68,6 +70,13 @@ def declared_shape(name: str, params: BaseModel | dict | None) -> InputShape | N
     (e.g. the classes of a folder's labels.csv)."""
     source = DATASETS.get(name)
     return source.shape(_validated(source, params)) if source.shape else None
+
+
+def split_note(name: str, params: BaseModel | dict | None) -> str | None:
+    """What the report must say about how the dataset's test split was drawn, from its parameters
+    (None when there is nothing beyond the loader's usual protocol)."""
+    source = DATASETS.get(name)
+    return source.split_note(_validated(source, params)) if source.split_note else None
 
 
 def _validated(source: DatasetSource, params: BaseModel | dict | None) -> BaseModel:

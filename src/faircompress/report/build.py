@@ -220,6 +220,16 @@ def _model_line(cfg: dict) -> str:
     return line + (f"; baselines from your weights {given['weights']}" if given.get("weights") else "")
 
 
+def _split_note(ds: dict) -> str | None:
+    """How the dataset's parameters drew the test split, where a reader must know (e.g. not subject-disjoint)."""
+    from ..data.registry import split_note
+
+    try:
+        return split_note(str(ds.get("name")), ds.get("params", {}))
+    except (KeyError, ValueError, ImportError) as e:  # a loader gone or changed since the runs: said, not hidden
+        return f"unknown: the {ds.get('name')} loader cannot read the study's dataset parameters here ({type(e).__name__})"
+
+
 def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     info: dict[str, str] = {}
     if runs.empty:
@@ -228,6 +238,14 @@ def _header(runs: pd.DataFrame, res: StudyResults | None) -> dict[str, str]:
     cfg = json.loads(runs.config_json.iloc[0])
     ds = cfg.get("dataset", {})
     info["dataset"] = f"{ds.get('name')} {json.dumps(ds.get('params', {}))[:300]}"
+    note = _split_note(ds)
+    if note:
+        info["test split"] = note
+    if ds.get("augment"):
+        aug = ds["augment"]
+        info["augmentation"] = (f"offline: {aug.get('copies')} augmented copies of every training image (horizontal flip, "
+                                f"shift-scale-rotate, blur, brightness-contrast; seed {aug.get('seed')}), counted in the "
+                                "train columns of the data tables; val and test not augmented")
     info["model"] = _model_line(cfg)
     selection = set(runs.selection.dropna())
     info["selection"] = "; ".join(_SELECTION.get(s, "subject-disjoint validation split") for s in sorted(selection)) or "?"
