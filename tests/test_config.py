@@ -6,6 +6,7 @@ import yaml
 
 from faircompress.config import ConfigError, StudyConfig, dump_config, load_config
 from faircompress.plan import plan
+from fakes import write_imagenet_resnet18
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,10 +61,22 @@ def test_overrides_apply_dotted_fields():
     assert cfg.train.epochs == 3 and cfg.dataset.params["subjects"] == 10
 
 
-def test_all_shipped_configs_validate():
+def test_all_shipped_configs_validate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the weights a config names relative to where it runs (dixit-sfew's ResNet-18)
+    write_imagenet_resnet18(tmp_path / "resnet18-f37072fd.pth")
     for f in (ROOT / "configs").glob("*.yaml"):
         load_config(f)
         assert yaml.safe_load(f.read_text())
+
+
+def test_the_sfew_papers_config_is_its_two_models_with_their_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_imagenet_resnet18(tmp_path / "resnet18-f37072fd.pth")
+    resnet, mlp = load_config(ROOT / "configs" / "dixit-sfew.yaml").studies()
+    assert (resnet.train.lr, resnet.train.batch_size, resnet.train.epochs) == (0.001, 8, 25)
+    assert (mlp.train.lr, mlp.train.batch_size, mlp.train.epochs, mlp.model.params["hidden"]) == (0.001, 1, 1200, 30)
+    assert resnet.model.params_sha256 and resnet.dataset.params["image_size"] == 224 and resnet.dataset.params["channels"] == 3
+    assert resnet.dataset.augment.copies == 2 and not resnet.train.augment_flip and resnet.train.augment_rotation_deg == 0
 
 
 def test_config_not_utf8_names_line_and_column_and_a_bom_stays_accepted(tmp_path):

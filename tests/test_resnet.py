@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_DATA
+from fakes import torchvision_resnet18_shapes
 from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
@@ -36,27 +37,10 @@ def test_resnet18_from_scratch_at_48px_gray_has_the_documented_size(classes, cou
     assert _trainable(build_model("resnet18", in_channels=1, num_classes=classes, input_size=48)) == count
 
 
-def _torchvision_resnet18_shapes() -> dict[str, tuple[int, ...]]:
-    """torchvision's resnet18 state dict written out from its architecture, independently of ours."""
-    def bn(prefix: str, c: int) -> dict:
-        return {f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")} | {f"{prefix}.num_batches_tracked": ()}
-
-    shapes = {"conv1.weight": (64, 3, 7, 7), **bn("bn1", 64)}
-    cin = 64
-    for stage, c in enumerate((64, 128, 256, 512), start=1):
-        for block in range(2):
-            p, first_in = f"layer{stage}.{block}", cin if block == 0 else c
-            shapes |= {f"{p}.conv1.weight": (c, first_in, 3, 3), **bn(f"{p}.bn1", c), f"{p}.conv2.weight": (c, c, 3, 3), **bn(f"{p}.bn2", c)}
-            if block == 0 and stage > 1:
-                shapes |= {f"{p}.downsample.0.weight": (c, cin, 1, 1), **bn(f"{p}.downsample.1", c)}
-        cin = c
-    return shapes | {"fc.weight": (1000, 512), "fc.bias": (1000,)}
-
-
 def test_resnet18_has_torchvisions_names_and_shapes():
     m = build_model("resnet18", in_channels=3, num_classes=1000, input_size=224)
     state = {k: tuple(v.shape) for k, v in m.state_dict().items()}
-    expected = _torchvision_resnet18_shapes()
+    expected = torchvision_resnet18_shapes()
     assert state == expected and len(state) == 122  # 62 parameters, 3 statistics for each of 20 BatchNorms
     assert len(list(m.parameters())) == 62 and _trainable(m) == 11_689_512  # torchvision's count
 
@@ -85,7 +69,7 @@ def imagenet(tmp_path_factory) -> dict:
     are the same)."""
     gen = torch.Generator().manual_seed(0)
     state = {k: (torch.randint(0, 100, s, generator=gen) if k.endswith("num_batches_tracked") else torch.randn(s, generator=gen))
-             for k, s in _torchvision_resnet18_shapes().items()}
+             for k, s in torchvision_resnet18_shapes().items()}
     state |= {k: v.abs() + 0.5 for k, v in state.items() if k.endswith("running_var")}  # variances are positive
     root = tmp_path_factory.mktemp("weights")
     torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, root / "resnet18-f37072fd.pth")
