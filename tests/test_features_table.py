@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from faircompress.compress.export import export_onnx
-from faircompress.config import ConfigError, load_config
+from faircompress.config import ConfigError, TrainConfig, load_config
 from faircompress.data.common import report_of
 from faircompress.data.dataset import UNKNOWN
 from faircompress.data.examples import make_sfew_features, write_csv
@@ -23,7 +23,7 @@ from faircompress.models import build_model
 from faircompress.plan import plan
 from faircompress.store import ResultStore
 from faircompress.study import run_study
-from faircompress.train import fit_to_training, load_checkpoint
+from faircompress.train import fit, fit_to_training, load_checkpoint
 
 HEADER = ["Image", "Label", *[f"LPQ{i}" for i in range(1, 6)], *[f"PHOG{i}" for i in range(1, 6)]]
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pca-mlp-sfew-features.yaml"
@@ -226,6 +226,17 @@ def test_input_mismatches_and_descriptor_params_name_the_fix(tmp_path):
     for params, expected in (({"input": "table"}, "image or features"), ({"input": "features", "lpq_window": 5}, "lpq_window")):
         with pytest.raises(ConfigError, match=expected):
             load_config(None, {"model": {"name": "pca_mlp", "params": params}, "recipes": []})
+
+
+def test_batch_size_one_trains_every_row_and_is_refused_with_batchnorm(data):
+    cfg = TrainConfig(epochs=1, batch_size=1, precision="fp32", device="cpu", augment_flip=False, augment_rotation_deg=0)
+    steps = []
+    fit(_model(data), data, cfg, 0, after_step=steps.append)  # the paper's batch of one: one step per training row
+    assert len(steps) == len(data.indices("train"))
+    with pytest.raises(ValueError, match="train.augment_flip is true"):
+        fit(_model(data), data, cfg.model_copy(update={"augment_flip": True}), 0)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        fit(build_model("paper_cnn", in_channels=1, num_classes=7, input_size=48), data, cfg, 0)
 
 
 # --- studies ------------------------------------------------------------------------------------
