@@ -145,11 +145,11 @@ def _check_params(in_channels: int, input_size: int, hidden: int, components: in
                   phog_levels: int, phog_angle: int) -> None:
     """Stop on parameters the model cannot be built with, naming the parameter (the rest are checked
     where they are used: lpq_window by lpq_filters, phog_levels against the size by phog_crop)."""
-    if in_channels not in (1, 3):
-        raise ValueError(f"pca_mlp takes grey (1) or RGB (3) images, not in_channels {in_channels}")
     if input_size == 1:
         raise ValueError(f"pca_mlp with input: image takes images, but this input is {in_channels} features per sample "
                          "(N, F, 1, 1): set model.params.input: features")
+    if in_channels not in (1, 3):
+        raise ValueError(f"pca_mlp takes grey (1) or RGB (3) images, not in_channels {in_channels}")
     if input_size < lpq_window:
         raise ValueError(f"input_size {input_size} is too small for lpq_window {lpq_window}")
     if phog_angle not in (180, 360):
