@@ -38,6 +38,9 @@ def test_subset_and_counts():
     "change,msg",
     [({"labels": np.array([0, 1, 2, 0, 1, 3])}, "labels outside"),
      ({"images": np.zeros((6, 16, 16), np.uint8)}, "uint8"),
+     ({"images": np.zeros((6, 1, 16, 16), np.float64)}, "uint8"),
+     ({"images": np.zeros((6, 10, 2, 1), np.float32)}, "features must be finite float32 \\(N, F, 1, 1\\)"),
+     ({"images": np.full((6, 10, 1, 1), np.nan, np.float32)}, "features must be finite"),
      ({"attributes": {"gender": np.array([0, 1, 2, 0, 1, 1])}}, "outside its groups"),
      ({"subjects": np.array(["a"])}, "subjects has 1")],
 )

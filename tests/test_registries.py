@@ -42,7 +42,7 @@ def _pixels(n: int = 4) -> np.ndarray:
 
 
 def test_discovery_finds_the_built_in_plug_ins_and_describes_them():
-    assert {"synthetic", "ckplus", "rafdb", "fer2013", "sfew", "folder"} <= set(DATASETS.names())
+    assert {"synthetic", "ckplus", "rafdb", "fer2013", "sfew", "sfew_features", "folder"} <= set(DATASETS.names())
     assert {"paper_cnn", "resnet18"} <= set(MODELS.names()) and {"prune", "cluster", "quantize"} <= set(STEPS.names())
     described = describe_plugins()
     assert [r.name for r in described["compression steps"]] == STEPS.names()
@@ -57,7 +57,8 @@ def test_every_dataset_loads_its_example_layout(name, tmp_path):
     params = source.example(tmp_path / name)
     ds = load_dataset(name, params)
     n = len(ds)
-    assert n > 0 and ds.images.dtype == np.uint8 and ds.images.ndim == 4 and ds.images.shape[0] == n
+    assert n > 0 and ds.images.ndim == 4 and ds.images.shape[0] == n
+    assert ds.images.dtype == np.uint8 or ds.is_features and ds.images.shape[2:] == (1, 1)  # pixels, or a features table's rows
     assert ds.labels.shape == (n,) and 0 <= ds.labels.min() and ds.labels.max() < ds.num_classes
     for split in ("train", "test"):
         assert len(ds.indices(split)) > 0, f"{name}: the example's {split} split is empty"

@@ -575,8 +575,8 @@ def _print_check(ds, report, show_all: bool) -> None:
     from .data.dataset import SPLITS
     from .report.data_summary import class_counts, class_shares, group_counts, shares_in_percent
 
-    console.print(f"[bold]{ds.name}[/]: {len(ds)} images, {ds.channels} channel(s), {ds.image_size[0]}x{ds.image_size[1]}"
-                  + (f"  (source {ds.meta['source']})" if "source" in ds.meta else ""))
+    what = f"{ds.channels} features each" if ds.is_features else f"{ds.channels} channel(s), {ds.image_size[0]}x{ds.image_size[1]}"
+    console.print(f"[bold]{ds.name}[/]: {len(ds)} images, {what}" + (f"  (source {ds.meta['source']})" if "source" in ds.meta else ""))
     comp = composition(ds)
     _print_counts(class_counts(comp, ds.class_names, SPLITS), "images per class and split", total_row=True)
     groups = group_counts(comp, ds.attribute_groups, SPLITS)

@@ -207,7 +207,7 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 class TrainConfig(Strict):
     """The paper's recipe by default (DESIGN.md §2)."""
 
-    epochs: int = Field(20, ge=1, le=10000)
+    epochs: int = Field(20, ge=1, le=10000)  # Dixit et al. train their MLP for 1,200
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(5e-4, gt=0, le=1)
     plateau_factor: float = Field(0.1, gt=0, lt=1)

@@ -72,6 +72,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     data = load_identified(ident, cache)
     _check_unreadable(cfg, data, hooks)
     _check_own_files(cfg, data)
+    _check_input(cfg, data)
     data = _augmented(cfg, data, hooks)  # after the checks: they speak of the images loaded
     out = Path(cfg.output_dir)
     store = ResultStore(out)
@@ -209,6 +210,30 @@ def _check_own_files(cfg: StudyConfig, data: FaceDataset) -> None:
         check_for_data(cfg, data.input_shape)
     except OwnModelError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_input(cfg: StudyConfig, data: FaceDataset) -> None:
+    """A features table's rows (float32 (N, F, 1, 1)) need a model that takes features and training
+    without image augmentation; images need a model that takes images. Checked before anything is written."""
+    from .models.registry import input_kind
+    from .train import augmentation_conflict
+
+    if cfg.baseline.source == "onnx":  # no PyTorch model, no training: the file's input shape was checked
+        return
+    conflict = augmentation_conflict(cfg.train, data)
+    if conflict:
+        raise ConfigError(conflict)
+    if data.is_features and cfg.dataset.augment is not None:
+        raise ConfigError(f"dataset.augment makes augmented copies of pictures, but dataset {data.name} holds features: remove it")
+    resolved = cfg.model.resolved()
+    takes = input_kind(resolved.factory, cfg.model.params)
+    if data.is_features and takes != "features":
+        raise ConfigError(f"model: {resolved.what} takes images, but dataset {data.name} holds {data.channels} features per sample "
+                          f"(N, {data.channels}, 1, 1): use a model that takes features (pca_mlp with params.input: features)")
+    if not data.is_features and takes == "features":
+        raise ConfigError(f"model: {resolved.what} with these params takes a features table's rows, but dataset {data.name} holds "
+                          f"images {data.input_shape.batch()}: set model.params.input: image, or use a features dataset "
+                          "(sfew_features)")
 
 
 def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:

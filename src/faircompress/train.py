@@ -1,8 +1,9 @@
 """Training with the paper's recipe: Adam, ReduceLROnPlateau, best-selection-accuracy weights kept.
 
-The whole dataset sits on the training device as uint8; batches are indexed, augmented (flip and
-rotation) and cast there, so no per-image Python runs in the loop. A resumable training state is
-written after every epoch, so a killed run continues from its last finished epoch.
+The whole dataset sits on the training device as uint8 (a features table's rows as float32);
+batches are indexed, augmented (flip and rotation, never of features) and cast there, so no
+per-image Python runs in the loop. A resumable training state is written after every epoch, so a
+killed run continues from its last finished epoch.
 """
 from __future__ import annotations
 
@@ -80,6 +81,20 @@ def augment(x: torch.Tensor, flip: bool, rotation_deg: float, gen: torch.Generat
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # Keras fill 'nearest'
     return x
+
+
+def augmentation_conflict(cfg: TrainConfig, data: FaceDataset) -> str | None:
+    """Why ``cfg`` cannot train on ``data``: flips and rotations are for pictures, and a features
+    table's rows (float32 (N, F, 1, 1)) are not pictures. None when there is no conflict."""
+    if not data.is_features or not (cfg.augment_flip or cfg.augment_rotation_deg > 0):
+        return None
+    given = []
+    if cfg.augment_flip:
+        given.append("train.augment_flip is true")
+    if cfg.augment_rotation_deg > 0:
+        given.append(f"train.augment_rotation_deg is {cfg.augment_rotation_deg:g}")
+    return (f"{' and '.join(given)}, but dataset {data.name} holds {data.channels} features per sample, not images: flipping or "
+            "rotating them means nothing; set train.augment_flip: false and train.augment_rotation_deg: 0")
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -197,6 +212,12 @@ def fit(
     compression steps use it, e.g. pruning re-applies its masks there. With ``state_path``, the
     training state is written after every epoch and a run killed mid-way resumes from it.
     """
+    conflict = augmentation_conflict(cfg, data)
+    if conflict:
+        raise ValueError(conflict)
+    if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError("train.batch_size is 1, but the model has BatchNorm layers, which cannot train on a batch of one; "
+                         "use a batch size of 2 or more")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     batches = Batches.on_device(data, cfg.selection, device)
@@ -247,7 +268,7 @@ def _train_pass(state: "TrainState", b: Batches, cfg: TrainConfig, epoch: int, s
     seen = 0
     for i in range(n_batches):
         idx = perm[i * bs : (i + 1) * bs]
-        if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+        if len(idx) < 2 and bs > 1:  # a last batch of one is skipped: BatchNorm cannot train on it (batch_size 1: see fit)
             continue
         xb = augment(b.x_train[idx].float(), cfg.augment_flip, cfg.augment_rotation_deg, state.aug_gen)
         xb = xb.contiguous(memory_format=torch.channels_last)

@@ -103,7 +103,7 @@ def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module | N
 
 
 def calibration_images(data: FaceDataset, seed: int, n: int = 1024) -> np.ndarray:
-    """A seeded sample of training images (uint8), for calibrating activation ranges."""
+    """A seeded sample of training images (uint8; a features table's rows: float32), for calibrating activation ranges."""
     idx = data.indices("train")
     rng = np.random.default_rng(seed)
     return data.images[rng.permutation(idx)[:n]]

@@ -80,7 +80,8 @@ class ExportStep(Step):
     @abstractmethod
     def transform(self, src: Path, dst: Path, calibration: np.ndarray) -> None:
         """Write the compressed form of the ONNX file ``src`` to ``dst``; ``calibration`` holds
-        training images (uint8, N x C x H x W) for steps that calibrate activation ranges."""
+        training images (uint8, N x C x H x W; a features table's rows: float32 N x F x 1 x 1) for steps that calibrate
+        activation ranges."""
 
 
 STEPS: Registry[type[Step]] = Registry("compression step", "faircompress.compress", "faircompress.steps")

@@ -15,7 +15,8 @@ UNKNOWN = -1  # attribute code for "unknown" / "unsure": counts toward overall m
 
 
 class InputShape(NamedTuple):
-    """What a model is built for: images of ``channels`` x ``size`` x ``size`` and ``num_classes`` classes."""
+    """What a model is built for: images of ``channels`` x ``size`` x ``size`` and ``num_classes`` classes
+    (a features table's rows: ``channels`` features, ``size`` 1)."""
 
     channels: int
     num_classes: int
@@ -30,7 +31,8 @@ class InputShape(NamedTuple):
 class FaceDataset:
     """Face images with expression labels, sensitive attributes, subjects and splits.
 
-    images:     uint8 (N, C, H, W)
+    images:     uint8 (N, C, H, W) pixels, or float32 (N, F, 1, 1): F precomputed features per sample
+                (a features table, e.g. SFEW's LPQ and PHOG components; see ``is_features``)
     labels:     int64 (N,) index into ``class_names``
     attributes: name -> int64 (N,) codes into ``attribute_groups[name]``; ``UNKNOWN`` (-1) = unknown
     subjects:   (N,) str subject ids (image index as a string where a dataset has none)
@@ -49,8 +51,11 @@ class FaceDataset:
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+        if self.images.ndim != 4 or self.images.dtype not in (np.uint8, np.float32):
+            raise ValueError(f"{self.name}: images must be uint8 (N, C, H, W) or float32 features (N, F, 1, 1), "
+                             f"got {self.images.dtype} {self.images.shape}")
+        if self.is_features and (self.images.shape[2:] != (1, 1) or not np.isfinite(self.images).all()):
+            raise ValueError(f"{self.name}: features must be finite float32 (N, F, 1, 1), got shape {self.images.shape}")
         for what, arr in [("labels", self.labels), ("subjects", self.subjects), ("split", self.split)]:
             if len(arr) != n:
                 raise ValueError(f"{self.name}: {what} has {len(arr)} entries for {n} images")
@@ -67,6 +72,11 @@ class FaceDataset:
     # --- shape -------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def is_features(self) -> bool:
+        """Precomputed features (float32 (N, F, 1, 1)), not pictures: nothing may flip, rotate or show them."""
+        return self.images.dtype == np.float32
 
     @property
     def channels(self) -> int:

@@ -129,3 +129,39 @@ def make_folder(root: Path) -> dict:
 
     write_image_folder(generate(SyntheticParams(subjects=12, sequences=18, peak_frames=2, image_size=16, seed=3)), root)
     return {"root": str(root)}
+
+
+SFEW_MOVIES = ["Airheads", "BlackSwan", "Harry_Potter", "LittleManhattan", "Serendipity", "TheTerminal"]
+
+
+def make_sfew_features(root: Path, per_class: int = 10, xlsx: bool = False, missing: int = 2, seed: int = 0) -> Path:
+    """SFEW.xlsx's layout: Image, Label (1..7), LPQ1..LPQ5, PHOG1..PHOG5, one row per image named
+    ``<Movie>_<frame>_<n>`` (a movie name with an underscore among them). The blocks' scales differ by
+    orders of magnitude, as principal components of two descriptors do; each class shifts both blocks.
+    ``missing`` feature cells are empty or NaN (rows a loader must drop). Returns the file's path."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (7, 10))
+    header = ["Image", "Label", *[f"LPQ{i}" for i in range(1, 6)], *[f"PHOG{i}" for i in range(1, 6)]]
+    rows: list[list] = []
+    for label in range(7):
+        for i in range(per_class):
+            x = centres[label] + rng.normal(0, 0.7, 10)
+            x[:5] *= 1000.0
+            x[5:] *= 0.01
+            name = f"{SFEW_MOVIES[(label + i) % len(SFEW_MOVIES)]}_{rng.integers(1e8, 1e9):09d}_{i:08d}"
+            rows.append([name, label + 1, *[float(v) for v in x]])
+    for k, r in enumerate(rng.choice(len(rows), size=missing, replace=False)):
+        rows[r][2 + int(rng.integers(10))] = None if k % 2 == 0 else float("nan")
+    root.mkdir(parents=True, exist_ok=True)
+    if xlsx:
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        for row in [header, *rows]:
+            book.active.append(row)
+        path = root / "SFEW.xlsx"
+        book.save(path)
+        return path
+    path = root / "SFEW.csv"
+    write_csv(path, header, [["" if v is None else "NaN" if isinstance(v, float) and np.isnan(v) else v for v in r] for r in rows])
+    return path

@@ -16,6 +16,8 @@ def write_image_folder(ds: FaceDataset, out: str | os.PathLike) -> int:
 
     Every file is written under a temp name then renamed; the CSV last, so its presence means a complete folder.
     """
+    if ds.is_features:
+        raise ValueError(f"{ds.name} holds precomputed features, not images: there is no picture to write")
     out = Path(out)
     attrs = list(ds.attributes)
     rows = []

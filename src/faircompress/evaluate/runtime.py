@@ -18,7 +18,8 @@ def session(path: str | os.PathLike, threads: int | None = None):
 
 
 def onnx_predict(sess, images: np.ndarray, batch: int = 256, seconds: list[float] | None = None) -> np.ndarray:
-    """Predicted classes for uint8 images (N, C, H, W); appends each batch's run time to ``seconds``."""
+    """Predicted classes for uint8 images (N, C, H, W) or float32 features (N, F, 1, 1); appends each
+    batch's run time to ``seconds``."""
     name = sess.get_inputs()[0].name
     out = []
     for i in range(0, len(images), batch):

@@ -12,6 +12,13 @@ convolutions, orientation bins found by comparing the gradient with each bin bou
 block. Only the two ``nn.Linear`` layers are trained (and pruned and clustered); everything before
 them is buffers, fitted once on the training images by ``fit_to_training`` and saved in the state
 dict, so a checkpoint carries it. The NumPy reference is ``faircompress.data.descriptors``.
+
+With ``input: features`` the model takes the features themselves, as SFEW distributes them (a
+features table, e.g. the ``sfew_features`` dataset): float32 (N, F, 1, 1), the first F/2 the LPQ block
+and the rest the PHOG block. Each block is standardised by its own mean and standard deviation
+(pooled over its features, fitted on the training rows by ``fit_to_training``), a fixed linear map
+per block in the same buffers; then the same sigmoid hidden layer and class layer. Its ONNX file
+takes the F raw features.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ from ..data.descriptors import LPQ_BINS, LUMA, lpq_filters, phog_crop, phog_size
 from .registry import MODELS
 
 _FIT_BATCH = 256
+INPUTS = ("image", "features")
+_IMAGE_ONLY = ("lpq_window", "phog_bins", "phog_levels", "phog_angle")  # the descriptors' parameters
 
 
 def boundary_directions(bins: int, angle: int) -> np.ndarray:
@@ -136,6 +145,9 @@ def _check_params(in_channels: int, input_size: int, hidden: int, components: in
                   phog_levels: int, phog_angle: int) -> None:
     """Stop on parameters the model cannot be built with, naming the parameter (the rest are checked
     where they are used: lpq_window by lpq_filters, phog_levels against the size by phog_crop)."""
+    if input_size == 1:
+        raise ValueError(f"pca_mlp with input: image takes images, but this input is {in_channels} features per sample "
+                         "(N, F, 1, 1): set model.params.input: features")
     if in_channels not in (1, 3):
         raise ValueError(f"pca_mlp takes grey (1) or RGB (3) images, not in_channels {in_channels}")
     if input_size < lpq_window:
@@ -148,24 +160,55 @@ def _check_params(in_channels: int, input_size: int, hidden: int, components: in
         raise ValueError(f"components must be from 1 to the smaller descriptor's size, got {components}")
 
 
+def _check_features(in_channels: int, input_size: int, components: int) -> None:
+    """Stop on a features input the model cannot split into its LPQ and PHOG blocks."""
+    if input_size != 1:
+        raise ValueError(f"pca_mlp with input: features takes a features table's rows (N, F, 1, 1), but this input is images "
+                         f"of {in_channels} x {input_size} x {input_size}: set model.params.input: image, or use a features "
+                         "dataset (sfew_features)")
+    if in_channels % 2 or in_channels // 2 != components:
+        raise ValueError(f"pca_mlp with input: features splits the features into two equal blocks (LPQ, PHOG) of components "
+                         f"({components}) each, but the input has {in_channels} features"
+                         + (f": set components: {in_channels // 2}" if in_channels % 2 == 0 else ""))
+
+
 class PCAMLP(nn.Module):
-    """Raw 0..255 pixels -> LPQ + PHOG -> fixed PCA + scaling (10 features) -> sigmoid hidden -> classes."""
+    """Raw 0..255 pixels -> LPQ + PHOG -> fixed PCA + scaling (10 features) -> sigmoid hidden -> classes;
+    or (``input="features"``) the 10 raw features (N, 10, 1, 1) -> fixed scaling -> sigmoid hidden -> classes."""
 
     def __init__(self, in_channels: int, num_classes: int, input_size: int, hidden: int = 30, components: int = 5,
-                 lpq_window: int = 7, phog_bins: int = 8, phog_levels: int = 3, phog_angle: int = 360) -> None:
+                 lpq_window: int = 7, phog_bins: int = 8, phog_levels: int = 3, phog_angle: int = 360,
+                 input: str = "image") -> None:
         super().__init__()
-        _check_params(in_channels, input_size, hidden, components, lpq_window, phog_bins, phog_levels, phog_angle)
-        self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32)[None, :, None, None] if in_channels == 3 else None)
-        self.lpq = LPQHistogram(lpq_window)
-        self.phog = PHOGDescriptor(input_size, phog_bins, phog_levels, phog_angle)
-        for name, dim in (("lpq", LPQ_BINS), ("phog", phog_size(phog_bins, phog_levels))):
+        if input not in INPUTS:
+            raise ValueError(f"pca_mlp's input is image or features, not {input!r}")
+        self.takes_features = input == "features"
+        if self.takes_features:
+            if hidden < 1:
+                raise ValueError(f"hidden must be >= 1, got {hidden}")
+            _check_features(in_channels, input_size, components)
+            self.register_buffer("luma", None)
+            self.lpq = self.phog = None
+            dims = {"lpq": components, "phog": components}  # each block's scaling: (k, k) diagonal
+        else:
+            _check_params(in_channels, input_size, hidden, components, lpq_window, phog_bins, phog_levels, phog_angle)
+            self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32)[None, :, None, None] if in_channels == 3 else None)
+            self.lpq = LPQHistogram(lpq_window)
+            self.phog = PHOGDescriptor(input_size, phog_bins, phog_levels, phog_angle)
+            dims = {"lpq": LPQ_BINS, "phog": phog_size(phog_bins, phog_levels)}
+        for name, dim in dims.items():
             self.register_buffer(f"{name}_weight", torch.eye(components, dim))  # unfitted: the first coordinates
             self.register_buffer(f"{name}_bias", torch.zeros(components))
         self.hidden = nn.Linear(2 * components, hidden)
         self.out = nn.Linear(hidden, num_classes)
 
     def descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(LPQ histograms, PHOG descriptors) of raw pixels (N, C, H, W)."""
+        """(LPQ histograms, PHOG descriptors) of raw pixels (N, C, H, W); with features input, the
+        two blocks of the raw features (N, F, 1, 1)."""
+        if self.takes_features:
+            k = self.lpq_weight.shape[0]
+            flat = x.flatten(1)  # (N, F)
+            return flat[:, :k], flat[:, k:]
         g = x if self.luma is None else (x * self.luma).sum(1, keepdim=True)
         return self.lpq(g), self.phog(g)
 
@@ -176,12 +219,16 @@ class PCAMLP(nn.Module):
             lpq, phog = self.descriptors(x.to(self.lpq_weight.dtype))
             return torch.cat([F.linear(lpq, self.lpq_weight, self.lpq_bias), F.linear(phog, self.phog_weight, self.phog_bias)], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) raw pixels -> (B, classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) raw pixels or (B, F, 1, 1) features -> (B, classes)
         return self.out(torch.sigmoid(self.hidden(self.features(x))))
 
     @torch.no_grad()
     def fit_to_training(self, images: np.ndarray) -> None:
-        """Fit each block's PCA and scaling on the training images (uint8 (N, C, H, W)), in float64."""
+        """Fit each block's PCA and scaling on the training images (uint8 (N, C, H, W)), in float64;
+        with features input, each block's scaling on the training rows (float32 (N, F, 1, 1))."""
+        if self.takes_features:
+            self._fit_scaling(images)
+            return
         lpq, phog = [], []
         for i in range(0, len(images), _FIT_BATCH):
             x = torch.from_numpy(images[i : i + _FIT_BATCH]).to(self.lpq_weight.device, torch.float32)
@@ -194,10 +241,47 @@ class PCAMLP(nn.Module):
             getattr(self, f"{name}_weight").copy_(torch.from_numpy(w))
             getattr(self, f"{name}_bias").copy_(torch.from_numpy(b))
 
+    def _fit_scaling(self, features: np.ndarray) -> None:
+        """Each block standardised by its one mean and standard deviation over the training rows and
+        the block's features (Dixit et al. section 2.2): weight I / sd, bias -mean / sd."""
+        k = self.lpq_weight.shape[0]
+        if features.ndim != 4 or features.shape[1:] != (2 * k, 1, 1):
+            raise ValueError(f"pca_mlp was built for {2 * k} features (N, {2 * k}, 1, 1), got {features.shape}")
+        if len(features) < 2:
+            raise ValueError(f"pca_mlp: standardising the features needs at least 2 training rows, got {len(features)}")
+        x = features.reshape(len(features), 2 * k).astype(np.float64)
+        for name, block in (("lpq", x[:, :k]), ("phog", x[:, k:])):
+            mu, sd = block.mean(), block.std()
+            if not sd > 0:
+                raise ValueError(f"pca_mlp: the {name.upper()} features of the training rows do not vary; cannot standardise")
+            getattr(self, f"{name}_weight").copy_(torch.from_numpy(np.eye(k) / sd))
+            getattr(self, f"{name}_bias").copy_(torch.full((k,), -mu / sd, dtype=torch.float64))
+
+
+def _input_kind(params: dict) -> str:
+    """What a study must feed the model: a features table's rows or images (see `models.registry.input_kind`)."""
+    return "features" if params.get("input") == "features" else "image"
+
+
+def _check_config(params: dict) -> None:
+    """Config-time checks (the rest need the dataset): the input's name, and no descriptor parameter
+    with features input, where there is no descriptor for it to change."""
+    if params.get("input", "image") not in INPUTS:
+        raise ValueError(f"model.params.input: pca_mlp takes image or features, not {params['input']!r}")
+    given = [k for k in _IMAGE_ONLY if k in params]
+    if params.get("input") == "features" and given:
+        raise ValueError(f"model.params: {', '.join(given)} set the LPQ and PHOG descriptors, which input: features does not "
+                         "compute (the table holds them); remove them")
+
 
 @MODELS.register("pca_mlp")
 def pca_mlp(*, in_channels: int, num_classes: int, input_size: int, hidden: int = 30, components: int = 5, lpq_window: int = 7,
-            phog_bins: int = 8, phog_levels: int = 3, phog_angle: int = 360) -> nn.Module:
-    """Dixit et al.'s SFEW model: 5 principal components each of LPQ and PHOG, one sigmoid hidden layer; takes the image."""
+            phog_bins: int = 8, phog_levels: int = 3, phog_angle: int = 360, input: str = "image") -> nn.Module:
+    """Dixit et al.'s SFEW model: 5 principal components each of LPQ and PHOG, one sigmoid hidden layer; takes the image, or
+    (input: features) the 10 features of a features table."""
     return PCAMLP(in_channels, num_classes, input_size, hidden=hidden, components=components, lpq_window=lpq_window,
-                  phog_bins=phog_bins, phog_levels=phog_levels, phog_angle=phog_angle)
+                  phog_bins=phog_bins, phog_levels=phog_levels, phog_angle=phog_angle, input=input)
+
+
+pca_mlp.input_kind = _input_kind
+pca_mlp.check_params = _check_config

@@ -23,6 +23,8 @@ LEFT_OUT = "Face images left out of this report (--no-faces)."
 def face_grid(res: StudyResults, out: Path, include: bool = True) -> tuple[Path | None, str]:
     """(the grid's PNG, "") or (None, why there is none)."""
     data, why = study_dataset(res) if include else (None, "")
+    if data is not None and data.is_features:
+        data, why = None, f"the {data.name} dataset holds precomputed features, not images"
     if data is None:
         for ext in ("png", "svg"):  # an earlier report's grid must not travel with this one
             (out / f"{NAME}.{ext}").unlink(missing_ok=True)
