@@ -21,8 +21,9 @@ runner = CliRunner()
 
 def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     cfg = write_config(tmp_path / "study.yaml", {**tiny_overrides, "seeds": [0, 1]})
-    res = runner.invoke(app, ["run", str(cfg)])
+    res = runner.invoke(app, ["run", str(cfg), "--no-report"])
     assert res.exit_code == 0, res.output
+    assert "report:" not in res.output and not (Path(tiny_overrides["output_dir"]) / "report.html").exists()
     assert "accuracy (%) by gender" in res.output and "female" in res.output and "skin_tone" in res.output
     study = Path(tiny_overrides["output_dir"])
     store = ResultStore.open_existing(study)
@@ -39,7 +40,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     assert (m.query("metric == 'gap'").group == "").all() and not m.metric.str.contains(":").any()  # no name encodes an attribute
     store.close()
 
-    again = runner.invoke(app, ["run", str(cfg)])
+    again = runner.invoke(app, ["run", str(cfg), "--no-report"])
     assert again.exit_code == 0 and "ran 0, skipped 4" in again.output
     shown = runner.invoke(app, ["show", str(study)])
     assert shown.exit_code == 0 and "seed=1" in shown.output and "baseline (fp32)" in shown.output
@@ -47,7 +48,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
 
 def test_test_selection_is_labelled_as_leaking(tmp_path, tiny_overrides):
     cfg = write_config(tmp_path / "s.yaml", {**tiny_overrides, "train.selection": "test", "train.epochs": 1})
-    res = runner.invoke(app, ["run", str(cfg)], terminal_width=200)
+    res = runner.invoke(app, ["run", str(cfg), "--no-report"], terminal_width=200)
     assert res.exit_code == 0, res.output
     assert "leaks test data" in res.output
 
@@ -127,7 +128,7 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
     cfg = write_config(tmp_path / "s.yaml", overrides)
     study = Path(overrides["output_dir"])
     db = study / "results.sqlite"
-    cmd = [sys.executable, "-m", "faircompress.cli", "run", str(cfg)]
+    cmd = [sys.executable, "-m", "faircompress.cli", "run", str(cfg), "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def count(status):

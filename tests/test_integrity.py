@@ -16,7 +16,7 @@ runner = CliRunner()
 
 
 def _run(cfg: Path, *args: str):
-    return runner.invoke(app, ["run", str(cfg), *args], terminal_width=400)
+    return runner.invoke(app, ["run", str(cfg), "--no-report", *args], terminal_width=400)  # binding and files, not reports
 
 
 @pytest.fixture

@@ -45,6 +45,8 @@ def run(
     data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prepared dataset cache (--no-cache reads the files)"),
     no_faces: bool = typer.Option(False, "--no-faces", help=NO_FACES_HELP),
+    no_report: bool = typer.Option(False, "--no-report", help="run and show only; write the report later with "
+                                   "`faircompress report STUDY` (e.g. on a machine that runs many studies)"),
 ) -> None:
     """Run a study; finished runs already in the study directory are skipped, and runs whose file
     is missing or altered are rebuilt. A config with `models:` runs one study per model, in
@@ -64,14 +66,14 @@ def run(
     except DeviceError as e:
         _fail(str(e))
     studies = cfg.studies()
-    failed = sum(_run_one(study, no_faces) for study in studies)
+    failed = sum(_run_one(study, no_faces, no_report) for study in studies)
     if len(studies) > 1:
         _compare_grid(cfg, studies)
     if failed:
         raise typer.Exit(1)
 
 
-def _run_one(cfg, no_faces: bool) -> int:
+def _run_one(cfg, no_faces: bool, no_report: bool) -> int:
     """Run one study, show and report it; the number of runs that failed."""
     from .binding import BindingError
     from .data.problems import DatasetError
@@ -85,7 +87,8 @@ def _run_one(cfg, no_faces: bool) -> int:
         _show(Path(cfg.output_dir))
     except (StoreError, DatasetError, BindingError, ConfigError, EnvironmentFault) as e:
         _fail_on(e)
-    _report(Path(cfg.output_dir), n_boot=1000, faces=not no_faces)
+    if not no_report:
+        _report(Path(cfg.output_dir), n_boot=1000, faces=not no_faces)
     return len(report.failed)
 
 
