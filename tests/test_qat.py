@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import onnx
 import onnxruntime as ort
 import pytest
@@ -203,3 +204,23 @@ def test_a_study_runs_prune_then_qat_and_its_file_holds_the_checkpoints_weights(
     for name, w in kernels.items():
         np.testing.assert_array_equal(stored[name], w)
         assert (w == 0).mean() >= 0.5, name  # prune's zeros kept (int8 rounding may add a few)
+
+
+# --- the report ------------------------------------------------------------------------------------------
+def test_the_sizes_figure_puts_qat_beside_post_training_int8(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from faircompress.report import figures
+    from faircompress.report.results import Variant
+
+    spec = [("baseline (fp32)", "baseline", np.nan, 4.0), ("int8-weights", "quantize", np.nan, 1.0), ("int8-qat", "qat", np.nan, 1.0),
+            ("prune 50%", "prune", 0.5, 2.0), ("prune 50% + int8-weights", "prune + quantize", 0.5, 0.6),
+            ("prune 50% + int8-qat", "prune + qat", 0.5, 0.5)]
+    variants = [Variant(str(i), label, tech, level, i == 0, (f"r{i}",)) for i, (label, tech, level, _) in enumerate(spec)]
+    table = pd.DataFrame({"key": [v.key for v in variants], "size_mb": [s[3] for s in spec]})
+    res = SimpleNamespace(variants=variants, reference=variants[0], run_table=lambda: table)
+    bars = []
+    monkeypatch.setattr(figures, "_size_bar", lambda ax, x, size, base, colour, width=0.6: bars.append((round(x, 3), size, colour)))
+    assert figures.sizes(res, tmp_path).is_file()
+    assert bars == [(0, 4.0, "tab:blue"), (1, 1.0, "tab:orange"), (2, 1.0, "tab:green"),  # the baseline family
+                    (-0.267, 2.0, "tab:blue"), (0.0, 0.6, "tab:orange"), (0.267, 0.5, "tab:green")]  # prune at 0.5
