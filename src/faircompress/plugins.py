@@ -24,7 +24,7 @@ OWN_MODEL = PluginRow(
 
 
 def describe_plugins() -> dict[str, list[PluginRow]]:
-    from .compress.recipes import STEPS, TrainStep
+    from .compress.recipes import STEPS
     from .data.registry import DATASETS
     from .evaluate.metrics import GROUP_METRICS
     from .export import EXPORT_FORMATS
@@ -33,12 +33,18 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
     datasets = [PluginRow(n, _fields(s.params), _first_line(sys.modules.get(s.load.__module__))) for n, s in DATASETS.items()]
     models = [PluginRow(n, _signature(f, FIXED_ARGUMENTS), _first_line(f) or _first_line(sys.modules.get(f.__module__)))
               for n, f in MODELS.items()] + [OWN_MODEL]
-    steps = [PluginRow(n, _fields(cls.Params), f"{'train' if issubclass(cls, TrainStep) else 'export'} step"
+    steps = [PluginRow(n, _fields(cls.Params), f"{_kind(cls)} step"
                        + (f", level = {cls.level}" if cls.level else "") + f"; {_first_line(sys.modules.get(cls.__module__))}")
              for n, cls in STEPS.items()]
     metrics = [PluginRow(n, "", _first_line(f)) for n, f in GROUP_METRICS.items()]
     exports = [PluginRow(n, "", _first_line(f)) for n, f in EXPORT_FORMATS.items()]
     return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics, "export formats": exports}
+
+
+def _kind(cls: type) -> str:
+    from .compress.recipes import ExportStep, TrainStep
+
+    return " + ".join(k for k, base in (("train", TrainStep), ("export", ExportStep)) if issubclass(cls, base))
 
 
 def _fields(params: type[BaseModel]) -> str:

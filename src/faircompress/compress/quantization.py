@@ -46,13 +46,21 @@ def _quiet_ort():
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
-def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel_dense: bool = False) -> None:
+def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel_dense: bool = False,
+                          exact: bool = False) -> dict[str, bool]:
     """int8 symmetric (-127..127) weights feeding DequantizeLinear: per output channel for Conv,
-    per tensor for Gemm/MatMul unless ``per_channel_dense``."""
+    per tensor for Gemm/MatMul unless ``per_channel_dense``. Returns, per quantised tensor, whether
+    its codes x scales reproduce it exactly.
+
+    ``exact`` (for weights already on an int8 grid, as quantisation-aware training leaves them): per
+    channel, the scale is the first of max|w|/127 and its float32 neighbours (up to 2 steps away) for
+    which code x scale gives back every weight bit for bit; channels that none reproduces keep
+    max|w|/127, so weights not on a grid are rounded exactly as without ``exact``."""
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     new_nodes = []
+    reproduced: dict[str, bool] = {}
     for node in g.node:
         idx = WEIGHT_INPUT.get(node.op_type)
         name = node.input[idx] if idx is not None and len(node.input) > idx else None
@@ -62,7 +70,8 @@ def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike, per_ch
             continue
         w = numpy_helper.to_array(init)
         axis = _output_axis(node, w) if node.op_type == "Conv" or per_channel_dense else None
-        q, scale = _symmetric_int8(w, axis)
+        q, scale = _exact_int8(w, axis) if exact else _symmetric_int8(w, axis)
+        reproduced[name] = bool(np.array_equal(_dequantized(q, scale, axis), w))
         g.initializer.remove(init)
         g.initializer.extend([
             numpy_helper.from_array(q, name + "_int8"),
@@ -77,6 +86,7 @@ def quantize_weights_int8(src: str | os.PathLike, dst: str | os.PathLike, per_ch
     g.node.extend(new_nodes)
     onnx.checker.check_model(model)
     _save(model, dst)
+    return reproduced
 
 
 def _symmetric_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +96,37 @@ def _symmetric_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
     q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
     return q, scale.reshape(()) if axis is None else scale.reshape(-1)
+
+
+def _exact_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """As `_symmetric_int8`, but each channel's scale is the first of max|w|/127, one float32 step
+    down, one up, two down, two up, whose codes reproduce the channel exactly (else max|w|/127)."""
+    q, scale = _symmetric_int8(w, axis)
+    moved = np.moveaxis(w, axis, 0) if axis is not None else w[None]
+    rows = moved.reshape(len(moved), -1)  # one row per channel (one row: per tensor)
+    first = scale.reshape(-1)
+    codes = (np.moveaxis(q, axis, 0) if axis is not None else q[None]).reshape(rows.shape).copy()
+    scales, done = first.copy(), np.zeros(len(first), dtype=bool)
+    for step in (0, -1, 1, -2, 2):
+        cand = first
+        for _ in range(abs(step)):
+            cand = np.nextafter(cand, np.float32(np.inf if step > 0 else 0)).astype(np.float32)
+        c = np.clip(np.round(rows / cand[:, None]), -127, 127).astype(np.float32)
+        ok = ~done & (cand > 0) & (c * cand[:, None] == rows).all(1)
+        codes[ok], scales[ok] = c[ok], cand[ok]
+        done |= ok
+        if done.all():
+            break
+    codes = codes.reshape(moved.shape)
+    return (np.moveaxis(codes, 0, axis) if axis is not None else codes[0]).astype(np.int8), scales.reshape(scale.shape)
+
+
+def _dequantized(q: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
+    """What DequantizeLinear computes: code x scale in float32."""
+    shape = [1] * q.ndim
+    if axis is not None:
+        shape[axis] = -1
+    return q.astype(np.float32) * scale.reshape(shape if axis is not None else ())
 
 
 def _output_axis(node: onnx.NodeProto, w: np.ndarray) -> int:

@@ -35,6 +35,8 @@ class Step(ABC):
     level: ClassVar[str | None] = None
     example: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and registry-wide tests
     always_label: ClassVar[tuple[str, ...]] = ()  # parameters named in labels even at their defaults
+    spelled: ClassVar[tuple[str, str, str] | None] = None  # (step, parameter, value): another spelling of this step
+    excludes: ClassVar[dict[str, str]] = {}  # steps a recipe with this one cannot also hold, and why
 
     def __init__(self, params: StepParams) -> None:
         self.params = params
@@ -63,7 +65,9 @@ class Step(ABC):
 
 
 class TrainStep(Step):
-    """Changes the PyTorch model (and fine-tunes it) before export."""
+    """Changes the PyTorch model (and fine-tunes it) before export. A step may be both a `TrainStep`
+    and an `ExportStep` (quantisation-aware training): it then trains with the other training steps
+    and transforms the file with the export steps, and is ordered as an export step."""
 
     @abstractmethod
     def apply(self, model: Any, ctx: "TuneContext") -> None:
@@ -154,6 +158,7 @@ def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
         if not isinstance(item, dict) or len(item) != 1:
             raise RecipeError(f"{at}: each step is a one-key mapping like {{prune: {{sparsity: 0.5}}}}")
         (name, params), = item.items()
+        name, params = _respelled(name, params)
         if name not in STEPS:
             raise RecipeError(f"{at}: unknown step {name!r} (known: {', '.join(STEPS.names())})")
         cls = STEPS.get(name)
@@ -168,11 +173,26 @@ def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
     return Recipe(tuple(steps))
 
 
+def _respelled(name: str, params: Any) -> tuple[str, Any]:
+    """A step written as another step with a parameter's value (e.g. {quantize: {mode: qat}} for
+    {qat: {}}): its own name and the other parameters. The canonical form is what configs normalise to."""
+    if not isinstance(params, dict):
+        return name, params
+    for own, cls in STEPS.items():
+        if cls.spelled is not None and cls.spelled[0] == name and params.get(cls.spelled[1]) == cls.spelled[2]:
+            return own, {k: v for k, v in params.items() if k != cls.spelled[1]}
+    return name, params
+
+
 def _check_order(steps: list[Step], where: str) -> None:
     names = [s.name for s in steps]
     for n in set(names):
         if names.count(n) > 1:
             raise RecipeError(f"{where}: step {n!r} appears {names.count(n)} times")
+    for s in steps:
+        for other, why in s.excludes.items():
+            if other in names:
+                raise RecipeError(f"{where}: {s.name!r} cannot be combined with {other!r}: {why}")
     stages = ["export" if isinstance(s, ExportStep) else "train" for s in steps]
     if "export" in stages and "train" in stages[stages.index("export"):]:
         first = names[stages.index("export")]

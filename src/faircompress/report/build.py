@@ -363,7 +363,8 @@ CAPTIONS = {
                "its models: lines that drift apart as the level rises are a gap that compression widens.",
     "gap-vs-size": "Change of each attribute's gap against the file's size: points above zero widen the gap; the further "
                    "left, the smaller the file.",
-    "sizes": "Zipped size of every variant by technique, each level before (blue) and after (orange) quantisation; "
+    "sizes": "Zipped size of every variant by technique, each level before (blue) and after (orange) quantisation "
+             "(green: quantisation-aware training); "
              "above each bar its compression ratio against the baseline.",
     "weights-": "One layer's weights in the baseline's file and pruned at 60 % (or the nearest level; log counts): the "
                 "dashed lines mark where the cut falls. The paper reads a wide gap in the middle as fragility.",

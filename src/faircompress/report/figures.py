@@ -136,8 +136,7 @@ def sizes(res: StudyResults, out: Path) -> Path | None:
     base = float(mean[res.reference.key])
     families: dict[str, list] = {}
     for v in res.variants:
-        family = v.technique.removesuffix(" + quantize") if v.technique != "quantize" else "baseline"
-        families.setdefault("baseline" if v.is_reference else family, []).append(v)
+        families.setdefault("baseline" if v.is_reference else _quantised(v.technique)[0], []).append(v)
     fig, axes = plt.subplots(1, len(families), figsize=(max(4.0, 3.2 * len(families)), 3.6), squeeze=False)
     for ax, (family, variants) in zip(axes[0], families.items()):
         levels = sorted({v.level for v in variants if np.isfinite(v.level)})
@@ -145,20 +144,33 @@ def sizes(res: StudyResults, out: Path) -> Path | None:
             _level_size_bars(ax, variants, levels, mean, base)
         else:  # the baseline and its quantised files: one bar each
             for i, v in enumerate(variants):
-                _size_bar(ax, i, mean[v.key], base, "tab:orange" if i else "tab:blue")
+                _size_bar(ax, i, mean[v.key], base, _QUANT_COLOURS[_quantised(v.technique)[1]] if i else "tab:blue")
             ax.set_xticks(range(len(variants)), [v.label.split(" (")[0] for v in variants], fontsize=7, rotation=30)
         ax.set(title=family, ylabel="zipped MB")
     return save(fig, out, "sizes")
 
 
+_QUANT_COLOURS = {"": "tab:blue", "quantize": "tab:orange", "qat": "tab:green"}
+
+
+def _quantised(technique: str) -> tuple[str, str]:
+    """(the technique before its last quantising step, that step: 'quantize' (post-training), 'qat' or '');
+    'baseline' for a quantising step alone."""
+    head, _, last = technique.rpartition(" + ")
+    return (head or "baseline", last) if last in ("quantize", "qat") else (technique, "")
+
+
 def _level_size_bars(ax, variants: list, levels: list[float], mean: pd.Series, base: float) -> None:
-    for shift, quantised, colour in ((-0.2, False, "tab:blue"), (0.2, True, "tab:orange")):
+    kinds = ["", "quantize"] + (["qat"] if any(_quantised(v.technique)[1] == "qat" for v in variants) else [])
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        shift = (j - (len(kinds) - 1) / 2) * width
         for i, level in enumerate(levels):
-            match = [v for v in variants if ("quantize" in v.technique) == quantised and v.level == level]
+            match = [v for v in variants if _quantised(v.technique)[1] == kind and v.level == level]
             if match:
-                _size_bar(ax, i + shift, mean[match[0].key], base, colour, width=0.4)
+                _size_bar(ax, i + shift, mean[match[0].key], base, _QUANT_COLOURS[kind], width=width)
     ax.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels], fontsize=7)
-    ax.set_xlabel("level (blue: not quantised, orange: quantised)", fontsize=7)
+    ax.set_xlabel("level (blue: not quantised, orange: quantised" + (", green: QAT)" if "qat" in kinds else ")"), fontsize=7)
 
 
 def _size_bar(ax, x: float, size: float, base: float, colour: str, width: float = 0.6) -> None:
