@@ -2,6 +2,7 @@
 single ONNX file and measured on that file in ONNX Runtime (what a user would ship)."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from .train import FitResult, fit, load_checkpoint, save_checkpoint
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
     assert run.recipe is not None, "a variant has a recipe"
     t0 = time.perf_counter()
-    model, fits = _fine_tuned_model(cfg, run, data, out, hooks)
+    model, fits, steps = _fine_tuned_model(cfg, run, data, out, hooks)
     t1 = time.perf_counter()
     path = _deployable_file(run, run.recipe, model, data, out)
     t2 = time.perf_counter()
@@ -34,11 +35,12 @@ def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
     if m.details.get("memory", {}).get("note"):
         hooks.note(f"{run.label}: memory not measured ({m.details['memory']['note']})")
     epochs = [{**vars(h), "epoch": i + 1} for i, h in enumerate(h for f in fits for h in f.history)]
+    details = m.details | ({"steps": steps} if steps else {})
     metrics = pd.concat([m.metrics, metric_rows({"fine_tune_epochs": len(epochs)})], ignore_index=True)
     return RunResult(
         metrics=metrics, epochs=epochs, sample_ids=data.indices("test"), y_true=data.labels[data.indices("test")], y_pred=m.y_pred,
         timings={"fine_tune_s": t1 - t0, "export_s": t2 - t1, **m.timings}, device="onnxruntime-cpu",
-        precision=fits[0].precision if fits else "fp32", selection=_selection(cfg, fits), artefact=str(path), details=m.details,
+        precision=fits[0].precision if fits else "fp32", selection=_selection(cfg, fits), artefact=str(path), details=details,
     )
 
 
@@ -48,11 +50,12 @@ def _selection(cfg: StudyConfig, fits: list[FitResult]) -> str:
 
 
 def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
-                      hooks: Hooks) -> tuple[torch.nn.Module | None, list[FitResult]]:
-    """The baseline with the recipe's training steps applied; shared between recipes with the same
+                      hooks: Hooks) -> tuple[torch.nn.Module | None, list[FitResult], dict]:
+    """The baseline with the recipe's training steps applied, its fits, and what the steps recorded
+    (`TuneContext.details`, kept in the checkpoint's metadata); shared between recipes with the same
     steps. None with a given ONNX file: its recipes have no training steps and start from the file."""
     if cfg.baseline.source == "onnx":
-        return None, []
+        return None, [], {}
     model = cfg.model.build(data.input_shape)
     baseline = out / "runs" / str(run.baseline_id) / "model.safetensors"
     if not baseline.exists():
@@ -61,11 +64,11 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     assert recipe is not None
     if not recipe.train_steps:
         load_checkpoint(model, baseline)
-        return model, []
+        return model, [], {}
     ckpt = out / "models" / run.prefix_id / "model.safetensors"
     if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
         meta = load_checkpoint(model, ckpt)
-        return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f]
+        return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f], json.loads(meta.get("steps", "{}"))
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
 
@@ -76,10 +79,12 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
         return res
 
     torch.manual_seed(run.tune_seed)
+    details: dict = {}
     for step in recipe.train_steps:
-        step.apply(model, TuneContext(fine_tune=fine_tune, seed=run.tune_seed))
-    save_checkpoint(model, ckpt, {"fits": "\n".join(f.to_json() for f in fits)})
-    return model, fits
+        step.apply(model, TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
+                                      note=hooks.note, details=details))
+    save_checkpoint(model, ckpt, {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(details)})
+    return model, fits, details
 
 
 def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module | None, data: FaceDataset, out: Path) -> Path:

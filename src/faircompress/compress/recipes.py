@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -37,9 +37,24 @@ class Step(ABC):
     always_label: ClassVar[tuple[str, ...]] = ()  # parameters named in labels even at their defaults
     spelled: ClassVar[tuple[str, str, str] | None] = None  # (step, parameter, value): another spelling of this step
     excludes: ClassVar[dict[str, str]] = {}  # steps a recipe with this one cannot also hold, and why
+    # parameters added after results existed: left out of the normalised config (so of recipe keys and
+    # run ids) while at their defaults, so the recipes written before them keep their ids
+    quiet_defaults: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: StepParams) -> None:
         self.params = params
+
+    def config(self) -> dict[str, Any]:
+        """The normalised parameters: every one spelled out, except `quiet_defaults` at their defaults."""
+        dumped = self.params.model_dump(mode="json")
+        fields = type(self.params).model_fields
+        return {k: v for k, v in dumped.items()
+                if not (k in self.quiet_defaults and getattr(self.params, k) == fields[k].get_default(call_default_factory=True))}
+
+    def technique(self) -> str:
+        """The family the report groups this step's variants into (one curve per family); the step's
+        name unless a parameter makes a different technique (e.g. prune's method: random)."""
+        return self.name
 
     def short(self) -> str:
         """A table-friendly name, e.g. 'prune 50%'; subclasses override. Defaults to `label`."""
@@ -99,10 +114,17 @@ class RecipeError(ValueError):
 @dataclass
 class TuneContext:
     """What a `TrainStep` gets: ``fine_tune(model, epochs, after_step)`` runs the training
-    recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step."""
+    recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step;
+    ``seed`` the run's tuning seed; ``images()`` a seeded sample of training images (as
+    `ExportStep.transform`'s calibration; None where the caller has none) for steps that look at
+    activations; ``note(text)`` a progress note; ``details[step name]``: what a step records of what it
+    did (JSON-able), kept in the run's stored details."""
 
     fine_tune: Callable[[Any, int, Callable[[int], None] | None], Any]
     seed: int
+    images: Callable[[], np.ndarray] | None = None
+    note: Callable[[str], None] = lambda text: None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,8 +141,9 @@ class Recipe:
 
     @property
     def technique(self) -> str:
-        """The steps' names, e.g. 'prune + quantize'; 'baseline' for the reference."""
-        return " + ".join(s.name for s in self.steps) or "baseline"
+        """The steps' techniques (their names, e.g. 'prune + quantize'; 'prune-random' for random
+        pruning); 'baseline' for the reference."""
+        return " + ".join(s.technique() for s in self.steps) or "baseline"
 
     @property
     def level(self) -> float | None:
@@ -141,10 +164,10 @@ class Recipe:
         return "fp16" if any(s.export_precision() == "fp16" for s in self.export_steps) else "fp32"
 
     def to_config(self) -> list[dict[str, dict[str, Any]]]:
-        return [{s.name: s.params.model_dump(mode="json")} for s in self.steps]
+        return [{s.name: s.config()} for s in self.steps]
 
     def key(self, steps: tuple[Step, ...] | None = None) -> str:
-        blob = [{s.name: s.params.model_dump(mode="json")} for s in (self.steps if steps is None else steps)]
+        blob = [{s.name: s.config()} for s in (self.steps if steps is None else steps)]
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -167,7 +190,8 @@ def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
         try:
             steps.append(cls(cls.Params.model_validate(params or {})))
         except ValidationError as e:
-            detail = "; ".join(f"{'.'.join(str(x) for x in er['loc'])}: {er['msg'].removeprefix('Value error, ')}" for er in e.errors())
+            detail = "; ".join((f"{'.'.join(str(x) for x in er['loc'])}: " if er["loc"] else "")  # a whole-step check has no field
+                               + er["msg"].removeprefix("Value error, ") for er in e.errors())
             raise RecipeError(f"{at} ({name}): {detail}") from None
     _check_order(steps, where)
     return Recipe(tuple(steps))
