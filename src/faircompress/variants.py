@@ -2,6 +2,7 @@
 single ONNX file and measured on that file in ONNX Runtime (what a user would ship)."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, sessi
 from .evaluate.size import onnx_size_report
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, fit, load_checkpoint, save_checkpoint
+from .train import FitResult, checkpoint_metadata, fit, load_checkpoint, save_checkpoint
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -63,8 +64,13 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
         load_checkpoint(model, baseline)
         return model, []
     ckpt = out / "models" / run.prefix_id / "model.safetensors"
+    shape = (data.channels, *data.image_size)
     if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
-        meta = load_checkpoint(model, ckpt)
+        meta = checkpoint_metadata(ckpt)
+        records = json.loads(meta.get("records", "{}"))
+        for step in recipe.train_steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
+            step.rebuild(model, records.get(step.name), shape)
+        load_checkpoint(model, ckpt)
         return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f]
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
@@ -76,9 +82,11 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
         return res
 
     torch.manual_seed(run.tune_seed)
+    ctx = TuneContext(fine_tune=fine_tune, seed=run.tune_seed, input_shape=shape)
     for step in recipe.train_steps:
-        step.apply(model, TuneContext(fine_tune=fine_tune, seed=run.tune_seed))
-    save_checkpoint(model, ckpt, {"fits": "\n".join(f.to_json() for f in fits)})
+        step.apply(model, ctx)
+    meta = {"fits": "\n".join(f.to_json() for f in fits)} | ({"records": json.dumps(ctx.records)} if ctx.records else {})
+    save_checkpoint(model, ckpt, meta)
     return model, fits
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -73,6 +73,11 @@ class TrainStep(Step):
     def apply(self, model: Any, ctx: "TuneContext") -> None:
         """Compress ``model`` in place; ``ctx.fine_tune`` runs the training recipe."""
 
+    def rebuild(self, model: Any, record: Any, input_shape: tuple[int, ...]) -> None:
+        """Give a freshly built full-size ``model`` the architecture `apply` left, from what `apply` put
+        in ``ctx.records[self.name]`` (None when it put nothing), so the fine-tuned checkpoint's state
+        dict loads into it. Steps that keep the architecture (most) leave this as is: nothing to do."""
+
 
 class ExportStep(Step):
     """Decides how the model is exported, or transforms the exported ONNX file."""
@@ -99,10 +104,15 @@ class RecipeError(ValueError):
 @dataclass
 class TuneContext:
     """What a `TrainStep` gets: ``fine_tune(model, epochs, after_step)`` runs the training
-    recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step."""
+    recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step;
+    ``input_shape``, one input's (C, H, W), for steps that trace the model. A step that changes the
+    architecture puts what `TrainStep.rebuild` needs (JSON-serialisable) in ``records[its name]``;
+    it is saved with the fine-tuned checkpoint."""
 
     fine_tune: Callable[[Any, int, Callable[[int], None] | None], Any]
     seed: int
+    input_shape: tuple[int, ...] | None = None
+    records: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
