@@ -412,8 +412,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     """Load weights into ``model``; returns the checkpoint's metadata."""
+    model.load_state_dict(load_file(str(path)))
+    return checkpoint_metadata(path)
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A checkpoint's metadata, read from its header (no tensor is loaded)."""
     from safetensors import safe_open
 
-    model.load_state_dict(load_file(str(path)))
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}

@@ -21,7 +21,7 @@ from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, sessi
 from .evaluate.size import onnx_size_report
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, fit, load_checkpoint, save_checkpoint
+from .train import FitResult, checkpoint_metadata, fit, load_checkpoint, save_checkpoint
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -66,8 +66,13 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
         load_checkpoint(model, baseline)
         return model, [], {}
     ckpt = out / "models" / run.prefix_id / "model.safetensors"
+    shape = (data.channels, *data.image_size)
     if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
-        meta = load_checkpoint(model, ckpt)
+        meta = checkpoint_metadata(ckpt)
+        records = json.loads(meta.get("records", "{}"))
+        for step in recipe.train_steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
+            step.rebuild(model, records.get(step.name), shape)
+        load_checkpoint(model, ckpt)
         return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f], json.loads(meta.get("steps", "{}"))
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
@@ -79,12 +84,13 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
         return res
 
     torch.manual_seed(run.tune_seed)
-    details: dict = {}
+    ctx = TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
+                      note=hooks.note, input_shape=shape)
     for step in recipe.train_steps:
-        step.apply(model, TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
-                                      note=hooks.note, details=details))
-    save_checkpoint(model, ckpt, {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(details)})
-    return model, fits, details
+        step.apply(model, ctx)
+    meta = {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(ctx.details)}
+    save_checkpoint(model, ckpt, meta | ({"records": json.dumps(ctx.records)} if ctx.records else {}))
+    return model, fits, ctx.details
 
 
 def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module | None, data: FaceDataset, out: Path) -> Path:

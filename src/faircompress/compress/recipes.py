@@ -88,6 +88,11 @@ class TrainStep(Step):
     def apply(self, model: Any, ctx: "TuneContext") -> None:
         """Compress ``model`` in place; ``ctx.fine_tune`` runs the training recipe."""
 
+    def rebuild(self, model: Any, record: Any, input_shape: tuple[int, ...]) -> None:
+        """Give a freshly built full-size ``model`` the architecture `apply` left, from what `apply` put
+        in ``ctx.records[self.name]`` (None when it put nothing), so the fine-tuned checkpoint's state
+        dict loads into it. Steps that keep the architecture (most) leave this as is: nothing to do."""
+
 
 class ExportStep(Step):
     """Decides how the model is exported, or transforms the exported ONNX file."""
@@ -118,13 +123,17 @@ class TuneContext:
     ``seed`` the run's tuning seed; ``images()`` a seeded sample of training images (as
     `ExportStep.transform`'s calibration; None where the caller has none) for steps that look at
     activations; ``note(text)`` a progress note; ``details[step name]``: what a step records of what it
-    did (JSON-able), kept in the run's stored details."""
+    did (JSON-able), kept in the run's stored details; ``input_shape``, one input's (C, H, W), for
+    steps that trace the model. A step that changes the architecture puts what `TrainStep.rebuild`
+    needs (JSON-serialisable) in ``records[its name]``; it is saved with the fine-tuned checkpoint."""
 
     fine_tune: Callable[[Any, int, Callable[[int], None] | None], Any]
     seed: int
     images: Callable[[], np.ndarray] | None = None
     note: Callable[[str], None] = lambda text: None
     details: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
+    records: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
