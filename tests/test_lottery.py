@@ -242,3 +242,36 @@ def prunable_names(state: dict) -> list[str]:
 
 def tiny_images(cfg) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (4, 1, TINY_DATA["image_size"], TINY_DATA["image_size"])).astype(np.float32)
+
+
+def test_given_baseline_weights_refuse_a_ticket(tiny_overrides, tmp_path):
+    from safetensors.torch import save_file
+
+    from faircompress.config import ConfigError
+    from faircompress.models import build_model
+
+    model = build_model("pca_mlp", in_channels=1, num_classes=8, input_size=TINY_DATA["image_size"])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    over = {**tiny_overrides, "model": {"name": "pca_mlp"}, "baseline": {"weights": str(tmp_path / "w.safetensors")}}
+    load_config(None, {**over, "recipes": [[{"prune": {"sparsity": 0.5}}]]})  # other training steps are fine
+    with pytest.raises(ConfigError, match="'ticket' resets weights to the ones the baseline's training started from"):
+        load_config(None, {**over, "recipes": [[{"ticket": {"sparsity": 0.5}}]]})
+
+
+def test_initial_model_is_the_baselines_start_and_from_scratch_the_same_architecture(tmp_path):
+    from fakes import write_imagenet_resnet18
+
+    from faircompress.baseline import initial_model
+    from faircompress.compress.lottery import same_state
+    from faircompress.data.dataset import InputShape
+    from faircompress.models.resnet import read_weights
+
+    weights = write_imagenet_resnet18(tmp_path / "r.pth")
+    cfg = load_config(None, {"model": {"name": "resnet18", "params": {"pretrained": str(weights)}}, "recipes": []})
+    shape = InputShape(1, 8, 16)
+    a, b = initial_model(cfg, 0, shape), initial_model(cfg, 0, shape)
+    assert same_state(a, b) is None and not torch.equal(a.fc.weight, initial_model(cfg, 1, shape).fc.weight)  # the seed draws the head
+    assert torch.equal(a.layer1[0].conv1.weight, read_weights(weights)["layer1.0.conv1.weight"])  # the ImageNet file's weights
+    scratch = initial_model(cfg, 5, shape, from_scratch=True)
+    assert {k: v.shape for k, v in scratch.state_dict().items()} == {k: v.shape for k, v in a.state_dict().items()}  # 7x7 stem kept
+    assert not torch.equal(scratch.layer1[0].conv1.weight, a.layer1[0].conv1.weight)
