@@ -147,18 +147,19 @@ class TicketStep(TrainStep):
             seed = ctx.seed
             masks = random_masks_like(weights, masks, torch.Generator().manual_seed(seed))
             record["mask_seed"] = seed
-        initial = ctx.initial_model()
-        again = same_state(initial, ctx.initial_model())
-        if again is not None:
-            raise ValueError(f"ticket: the model's initial weights are not reproducible: two builds from the baseline's seed differ "
-                             f"at {again!r} (does the model draw random numbers outside torch's seeded generator?)")
         if p.control == "random_init":
             seed = derived_seed(ctx.seed, "ticket random_init")
-            initial = ctx.initial_model(seed)
+            build = lambda: ctx.initial_model(seed)  # noqa: E731
             record["init_seed"] = seed
             record["reset_to"] = f"a fresh random initialisation (from scratch, seed {seed})"
         else:
+            build = ctx.initial_model
             record["reset_to"] = "the baseline's initial weights (what its training started from)"
+        initial = build()
+        again = same_state(initial, build())
+        if again is not None:
+            raise ValueError(f"ticket: the model's initial weights are not reproducible: two builds from one seed differ "
+                             f"at {again!r} (does the model draw random numbers outside torch's seeded generator?)")
         record["reset"] = len(reset_to(model, initial))
         pruner = FixedMaskPruner(model, masks)
         record["layers"] = {k: {"size": int(m.numel()), "pruned": int((~m).sum())} for k, m in masks.items()}
