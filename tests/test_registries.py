@@ -102,7 +102,8 @@ def test_every_step_on_every_model_gives_a_smaller_deployable_file(model_name, s
     cfg = TrainConfig(epochs=1, batch_size=8, precision="fp32", device="cpu")
     few = tiny.take(np.concatenate([tiny.indices(split)[:16] for split in SPLITS]))  # fine-tuning runs; what it learns is not tested here
     tune = TuneContext(fine_tune=lambda m, e, after: fit(m, few, cfg.model_copy(update={"epochs": e}), 0, after_step=after), seed=0,
-                       images=lambda: few.images[:64], input_shape=(1, SIDE, SIDE))  # as a study gives: a sample of training images
+                       images=lambda: few.images[:64], input_shape=(1, SIDE, SIDE),  # as a study gives: a sample of training images
+                       initial_model=lambda seed=None: _model(model_name, 0 if seed is None else seed))  # the model's seeded start
     for s in recipe.train_steps:
         s.apply(model, tune)
     path = export_onnx(model, tmp_path / "m.onnx", (1, SIDE, SIDE), fp16=recipe.export_precision == "fp16")

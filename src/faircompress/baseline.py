@@ -14,7 +14,7 @@ import torch
 
 from .atomic import atomic_path
 from .config import StudyConfig
-from .data.dataset import FaceDataset
+from .data.dataset import FaceDataset, InputShape
 from .data.identity import file_sha256
 from .evaluate.metrics import evaluate_split, metric_rows
 from .own_baseline import load_weights
@@ -34,8 +34,7 @@ def run_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path
 
 def train_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, art: Path, hooks: Hooks) -> RunResult:
     t0 = time.perf_counter()
-    torch.manual_seed(run.seed)  # the seed fixes the initial weights too
-    model = cfg.model.build(data.input_shape)
+    model = initial_model(cfg, run.seed, data.input_shape)
     ckpt = art / "model.safetensors"
     if ckpt.exists():  # trained before an interruption (killed before its results were stored): reuse
         fitres = FitResult.from_json(load_checkpoint(model, ckpt)["fit"])
@@ -54,6 +53,24 @@ def train_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, art: Pa
         timings={"train_s": fitres.seconds, "setup_s": t1 - t0 - fitres.seconds, "eval_s": eval_s},
         device=str(device), precision=fitres.precision, selection=cfg.train.selection, artefact=str(ckpt),
     )
+
+
+def initial_model(cfg: StudyConfig, seed: int, shape: InputShape, from_scratch: bool = False) -> torch.nn.Module:
+    """The model a baseline of ``seed`` starts training from, before anything is fitted to the data:
+    built right after ``torch.manual_seed(seed)`` (the seed fixes the initial weights; a pretrained
+    model's constructor loads its file). A lottery ticket rebuilds it to reset weights to it.
+    ``from_scratch``: the same architecture without the files its parameters name (`file_params`, e.g.
+    ResNet-18's ImageNet weights; a model's ``scratch_params(params)`` says how, where leaving the file
+    out would change the architecture), randomly initialised under ``seed``: a random-init control."""
+    model_cfg = cfg.model
+    if from_scratch:
+        factory = model_cfg.resolved().factory
+        scratch = getattr(factory, "scratch_params", None)
+        params = scratch(model_cfg.params) if scratch is not None else \
+            {k: v for k, v in model_cfg.params.items() if k not in getattr(factory, "file_params", ())}
+        model_cfg = model_cfg.model_copy(update={"params": params})
+    torch.manual_seed(seed)
+    return model_cfg.build(shape)
 
 
 def _evaluate(cfg: StudyConfig, model: torch.nn.Module, data: FaceDataset) -> tuple[np.ndarray, float, torch.device]:

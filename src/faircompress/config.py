@@ -401,13 +401,17 @@ class StudyConfig(Strict):
     def _check_recipes(cls, v: list[list[dict[str, Any]]], info: ValidationInfo) -> list[list[dict[str, Any]]]:
         from .compress.recipes import RecipeError, parse_recipe
 
-        given_onnx = getattr(info.data.get("baseline"), "source", None) == "onnx"
+        source = getattr(info.data.get("baseline"), "source", None)
         out, seen = [], set()
         for i, raw in enumerate(v):
             try:
                 recipe = parse_recipe(raw, f"recipe {i + 1}")
-                if given_onnx:
+                if source == "onnx":
                     _export_steps_only(recipe, f"recipe {i + 1}")
+                resets = [s.name for s in recipe.steps if s.needs_initial]
+                if source == "weights" and resets:
+                    raise RecipeError(f"recipe {i + 1}: step {resets[0]!r} resets weights to the ones the baseline's training "
+                                      "started from, which baseline.weights does not give (only a baseline the study trains has them)")
             except RecipeError as e:
                 raise ValueError(str(e)) from None
             if recipe.key() in seen:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .baseline import initial_model
 from .compress.export import export_onnx
 from .compress.recipes import Recipe, TuneContext
 from .config import EvaluationConfig, StudyConfig
@@ -21,7 +22,7 @@ from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, sessi
 from .evaluate.size import onnx_size_report
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, checkpoint_metadata, fit, load_checkpoint, save_checkpoint
+from .train import FitResult, checkpoint_metadata, fit, load_checkpoint, predict, save_checkpoint
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -77,20 +78,36 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
 
-    def fine_tune(m, epochs, after_step):
+    def fine_tune(m, epochs, after_step, on_epoch=None):
+        def epoch_done(log):
+            hooks.epoch(log)
+            if on_epoch is not None:
+                on_epoch(log)
+
         res = fit(m, data, cfg.train.model_copy(update={"epochs": epochs}), run.tune_seed,
-                  on_batch=hooks.batch, on_epoch=hooks.epoch, after_step=after_step)
+                  on_batch=hooks.batch, on_epoch=epoch_done, after_step=after_step)
         fits.append(res)
         return res
 
+    def initial(seed: int | None = None) -> torch.nn.Module:  # the baseline's own initial model; with a seed, one from scratch
+        return initial_model(cfg, run.seed if seed is None else seed, data.input_shape, from_scratch=seed is not None)
+
     torch.manual_seed(run.tune_seed)
     ctx = TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
-                      note=hooks.note, input_shape=shape)
+                      note=hooks.note, input_shape=shape, initial_model=initial if cfg.baseline.source == "train" else None,
+                      accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size),
+                      train_epochs=cfg.train.epochs)
     for step in recipe.train_steps:
         step.apply(model, ctx)
     meta = {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(ctx.details)}
     save_checkpoint(model, ckpt, meta | ({"records": json.dumps(ctx.records)} if ctx.records else {}))
     return model, fits, ctx.details
+
+
+def split_accuracy(model: torch.nn.Module, data: FaceDataset, split: str, batch_size: int = 256) -> float:
+    """A PyTorch model's accuracy on one split of ``data``, where the model lies."""
+    idx = data.indices(split)
+    return float((predict(model, data.images[idx], batch_size) == data.labels[idx]).mean()) if len(idx) else float("nan")
 
 
 def _deployable_file(run: PlannedRun, recipe: Recipe, model: torch.nn.Module | None, data: FaceDataset, out: Path) -> Path:

@@ -40,6 +40,9 @@ class Step(ABC):
     # parameters added after results existed: left out of the normalised config (so of recipe keys and
     # run ids) while at their defaults, so the recipes written before them keep their ids
     quiet_defaults: ClassVar[tuple[str, ...]] = ()
+    # resets weights to the baseline's initial ones (`TuneContext.initial_model`): only a baseline the
+    # study trains has them, so a config with given baseline weights refuses the step
+    needs_initial: ClassVar[bool] = False
 
     def __init__(self, params: StepParams) -> None:
         self.params = params
@@ -119,21 +122,30 @@ class RecipeError(ValueError):
 @dataclass
 class TuneContext:
     """What a `TrainStep` gets: ``fine_tune(model, epochs, after_step)`` runs the training
-    recipe (best checkpoint kept) with ``after_step(step)`` called after every optimiser step;
-    ``seed`` the run's tuning seed; ``images()`` a seeded sample of training images (as
-    `ExportStep.transform`'s calibration; None where the caller has none) for steps that look at
-    activations; ``note(text)`` a progress note; ``details[step name]``: what a step records of what it
-    did (JSON-able), kept in the run's stored details; ``input_shape``, one input's (C, H, W), for
+    recipe (best checkpoint kept; returns the `train.FitResult`) with ``after_step(step)`` called after
+    every optimiser step (a study's also takes ``on_epoch=f``, ``f(log)`` called after every epoch with
+    the model holding that epoch's weights); ``seed`` the run's tuning seed; ``images()`` a seeded
+    sample of training images (as `ExportStep.transform`'s calibration; None where the caller has none)
+    for steps that look at activations; ``note(text)`` a progress note; ``details[step name]``: what a
+    step records of what it did (JSON-able), kept in the run's stored details.
+    Where the caller has them (a study does; None otherwise): ``initial_model()`` the model as its
+    baseline was built before training (same seed, same weights file; nothing fitted to data yet), and
+    ``initial_model(seed)`` the architecture freshly initialised from scratch under another seed;
+    ``accuracy(model, split)`` a model's accuracy on a split of the study's data ("val", "test");
+    ``train_epochs`` the baseline's training epochs. ``input_shape``, one input's (C, H, W), for
     steps that trace the model. A step that changes the architecture puts what `TrainStep.rebuild`
     needs (JSON-serialisable) in ``records[its name]``; it is saved with the fine-tuned checkpoint."""
 
-    fine_tune: Callable[[Any, int, Callable[[int], None] | None], Any]
+    fine_tune: Callable[..., Any]
     seed: int
     images: Callable[[], np.ndarray] | None = None
     note: Callable[[str], None] = lambda text: None
     details: dict[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
     records: dict[str, Any] = field(default_factory=dict)
+    initial_model: Callable[..., Any] | None = None
+    accuracy: Callable[[Any, str], float] | None = None
+    train_epochs: int | None = None
 
 
 @dataclass(frozen=True)

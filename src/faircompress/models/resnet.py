@@ -240,3 +240,14 @@ def resnet18(*, in_channels: int, num_classes: int, input_size: int, pretrained:
 
 resnet18.check_params = check_params  # type: ignore[attr-defined]  # run by config validation (see models/registry.py)
 resnet18.file_params = ("pretrained",)  # type: ignore[attr-defined]  # hashed into the study's identity (config.py)
+
+
+def scratch_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of the same architecture without the pretrained file (a random-init control):
+    the pretrained model's standard stem is kept at any input size."""
+    if params.get("pretrained") is None:
+        return dict(params)
+    return {**{k: v for k, v in params.items() if k != "pretrained"}, "small_input_stem": False}
+
+
+resnet18.scratch_params = scratch_params  # type: ignore[attr-defined]  # used by baseline.initial_model(from_scratch=True)

@@ -21,6 +21,7 @@ from . import figures
 from . import tables as T
 from .data_summary import DATA_SECTIONS, NOT_RECORDED, data_tables, shares_in_percent
 from .faces import face_grid
+from .lottery import lottery_tables, ticket_curves
 from .findings import as_html, findings
 from . import paper as P
 from . import weights as W
@@ -105,7 +106,7 @@ def _tables(res: StudyResults, n_boot: int, seed: int, say: Progress, dataset: s
               "groups": groups, "class_group_recall": recall, "class_rates": A.class_rate_table(res), "variants": T.variant_table(stats),
               "deployment": T.deployment_table(stats),
               "baselines": T.baseline_table(res).drop(columns=["run_id"])} | _paper_tables(res, dataset)
-    return tables | data_tables(res) | {"training": training_table(res)}
+    return tables | data_tables(res) | {"training": training_table(res)} | lottery_tables(res)
 
 
 def _paper_tables(res: StudyResults, dataset: str) -> dict[str, pd.DataFrame]:
@@ -165,7 +166,7 @@ def _figures(res: StudyResults, tables: dict[str, pd.DataFrame], out: Path, stud
         ref, chosen = A.reference(res), _most_changed(res, gaps)
         paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
     grid, why = face_grid(res, out, faces)
-    curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out)]
+    curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out), ticket_curves(res, out)]
     notes.extend([why] if why else [])
     return paths + [p for p in curves if p is not None]
 
@@ -303,7 +304,26 @@ def _sections(res: StudyResults, tables: dict[str, pd.DataFrame]) -> list[str]:
     if not errs.empty:
         out.append(_section("CEV and SDE against the baseline", "Blakeney et al. (2021); classes with a zero baseline rate are left out.",
                             errs.round(4)))
-    return out + _weight_sections(tables) + _data_sections(res, tables)
+    return out + _lottery_sections(tables) + _weight_sections(tables) + _data_sections(res, tables)
+
+
+def _lottery_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Dixit et al.'s SFEW comparisons, where the study ran them: tickets and distinctiveness."""
+    out = []
+    if "tickets" in tables:
+        out.append(_section("Lottery tickets", "Each ticket pruned by percentile on the trained weights, its survivors reset to "
+                            "the weights training started from and retrained with the mask fixed (Dixit et al. 3.4; the "
+                            "random-mask control keeps each kernel's count; the random-init control keeps the mask and draws "
+                            "new weights). Test accuracy of the pruned, reset network before retraining (start), the best "
+                            "over the retraining epochs (mean and std over runs) and its epoch, the epoch selected on the "
+                            "selection split, and how many runs reached the unpruned model's test accuracy (first epoch: "
+                            "median over those that did). The figure 'tickets' plots it per epoch.", tables["tickets"].round(4)))
+    if "distinct_match" in tables:
+        out.append(_section("Distinctiveness beside percentile pruning", "Dixit et al.'s matching (their Fig. 1): distinctiveness "
+                            "removes units (filters) up to the largest share a layer lost; percentile pruning of weights at "
+                            "that share is its control (here the study's percentile variant nearest it: compare the levels). "
+                            "Accuracy: test accuracy of the variants' files, mean over runs.", tables["distinct_match"].round(4)))
+    return out
 
 
 def _weight_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
@@ -375,6 +395,9 @@ CAPTIONS = {
     "training-curves": "The baselines' accuracy and loss per epoch on the training and the selection split, mean ± std over "
                        "seeds; a star marks the epoch each seed kept: a selection curve falling while the training one "
                        "rises is overfitting.",
+    "tickets": "Lottery tickets (Dixit et al.'s Figs. 2-3): test accuracy per retraining epoch (0: pruned and reset, "
+               "before retraining), mean ± std over runs, the ticket beside its controls; dashed: the unpruned model's "
+               "test accuracy. A ticket that wins reaches the line within the epochs, sooner than its random-mask control.",
     "fine-tuning-curves": "Each compressed variant's accuracy and loss per fine-tuning epoch (solid: selection split, dashed: "
                           "training), mean ± std over its models: how much of the baseline's accuracy fine-tuning restores.",
 }

@@ -1,0 +1,136 @@
+"""Dixit et al.'s SFEW figures from the runs' stored details: lottery tickets' test accuracy per
+retraining epoch beside the unpruned model's (their Figs. 2-3, one panel per sparsity, the ticket and
+its controls), and distinctiveness pruning beside percentile pruning at the share it removed (their
+Fig. 1's matching: the largest share a layer lost is the percentile control's level)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .figures import _plt, save
+from .results import StudyResults, Variant
+
+CONTROL_NAMES = {"none": "ticket (percentile mask, reset)", "random_mask": "control: random mask", "random_init": "control: random init"}
+TICKET_COLUMNS = ["variant", "sparsity", "control", "epochs", "runs", "unpruned_test_acc", "start_test_acc", "best_test_acc",
+                  "best_test_acc_std", "best_test_epoch", "selected_test_acc", "reached_unpruned", "first_epoch_reaching"]
+MATCH_COLUMNS = ["distinct", "similar_below", "complementary_above", "runs", "units_removed_share", "largest_layer_share",
+                 "largest_layer", "matched_percentile", "percentile_level", "accuracy_distinct", "accuracy_percentile"]
+
+
+def _step_details(res: StudyResults, variant: Variant, step: str) -> list[dict]:
+    """What ``step`` recorded in each of the variant's runs (runs without it left out)."""
+    details = res.runs.set_index("run_id").details_json
+    out = []
+    for r in variant.run_ids:
+        raw = details.get(r)
+        rec = json.loads(raw).get("steps", {}).get(step) if isinstance(raw, str) else None
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def _tickets(res: StudyResults) -> list[tuple[Variant, list[dict]]]:
+    """One variant per ticket setting (recipes sharing the ticket, e.g. with int8 after it, share its
+    retraining: the one with the fewest steps stands for them), in the study's order."""
+    seen: dict[tuple, tuple[Variant, list[dict]]] = {}
+    for v in res.variants:
+        recs = _step_details(res, v, "ticket")
+        if not recs:
+            continue
+        r = recs[0]
+        key = (r["sparsity"], r["control"], r.get("scope"), r["epochs"])
+        if key not in seen or v.technique.count("+") < seen[key][0].technique.count("+"):
+            seen[key] = (v, recs)
+    return list(seen.values())
+
+
+def _accuracy(res: StudyResults, variant: Variant) -> float:
+    return float((res.population(variant) == res.y_true).mean())
+
+
+def _mean(values) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def ticket_table(res: StudyResults) -> pd.DataFrame:
+    """Per ticket and control: the unpruned model's test accuracy, the reset network's before
+    retraining, the best test accuracy over the retraining epochs (mean and std over runs) and its
+    epoch, the selected epoch's, and how many runs reached the unpruned accuracy and when first
+    (the median over the runs that did)."""
+    rows = []
+    for v, recs in _tickets(res):
+        best = [r["best_test_acc"] for r in recs if r.get("best_test_acc") is not None]
+        reached = [r["reaches_unpruned_epoch"] for r in recs if r.get("reaches_unpruned_epoch") is not None]
+        rows.append({"variant": v.label, "sparsity": recs[0]["sparsity"], "control": recs[0]["control"], "epochs": recs[0]["epochs"],
+                     "runs": len(recs), "unpruned_test_acc": _mean(r.get("unpruned_test_acc") for r in recs),
+                     "start_test_acc": _mean(r.get("start_test_acc") for r in recs), "best_test_acc": _mean(best),
+                     "best_test_acc_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan"),
+                     "best_test_epoch": _mean(r.get("best_test_epoch") for r in recs),
+                     "selected_test_acc": _mean(r.get("selected_test_acc") for r in recs),
+                     "reached_unpruned": f"{len(reached)} of {len(recs)}",
+                     "first_epoch_reaching": float(np.median(reached)) if reached else float("nan")})
+    return pd.DataFrame(rows, columns=TICKET_COLUMNS)
+
+
+def ticket_curves(res: StudyResults, out: Path) -> Path | None:
+    """Test accuracy per retraining epoch (epoch 0: reset and pruned, before retraining), mean ± std
+    over runs, the ticket and each control, with the unpruned model's test accuracy as a dashed line;
+    one panel per sparsity. None when the study has no ticket with test accuracies."""
+    tickets = [(v, recs) for v, recs in _tickets(res) if any(e.get("test_acc") is not None for r in recs for e in r["per_epoch"])]
+    if not tickets:
+        return None
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    levels = sorted({recs[0]["sparsity"] for _, recs in tickets})
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 3.4), squeeze=False, layout="constrained")
+    for ax, level in zip(axes[0], levels):
+        unpruned = []
+        for v, recs in (t for t in tickets if t[1][0]["sparsity"] == level):
+            curves = pd.DataFrame([{"epoch": e["epoch"], "acc": e["test_acc"], "run": i} for i, r in enumerate(recs)
+                                   for e in [{"epoch": 0, "test_acc": r.get("start_test_acc")}, *r["per_epoch"]]
+                                   if e.get("test_acc") is not None])
+            stats = curves.groupby("epoch").acc.agg(["mean", "std"]).fillna(0.0) * 100
+            name = CONTROL_NAMES.get(recs[0]["control"], recs[0]["control"])
+            line, = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=f"{name} ({len(recs)} run(s))")
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15, color=line.get_color())
+            unpruned += [r["unpruned_test_acc"] for r in recs if r.get("unpruned_test_acc") is not None]
+        if unpruned:
+            ax.axhline(100 * float(np.mean(unpruned)), color="black", ls="--", lw=1, label="unpruned model")
+        ax.set(title=f"tickets at {level:.0%} sparsity", xlabel="retraining epoch", ylabel="test accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    return save(fig, out, "tickets")
+
+
+def distinct_match_table(res: StudyResults) -> pd.DataFrame:
+    """Per distinctiveness variant (run alone): the share of units it removed, the largest share a
+    layer lost (Dixit et al. prune by percentile at that share to compare), and the study's percentile
+    pruning variant nearest that share with both accuracies. Empty without both kinds."""
+    percentile = [v for v in res.variants if v.technique == "prune-percentile" and np.isfinite(v.level)]
+    rows = []
+    for v in res.variants:
+        if v.technique != "distinct":
+            continue
+        recs = _step_details(res, v, "distinct")
+        if not recs or not percentile:
+            continue
+        largest = [max(r["layers"], key=lambda layer: layer["share"]) if r["layers"] else None for r in recs]
+        share = _mean(layer["share"] if layer else 0.0 for layer in largest)
+        match = min(percentile, key=lambda p: abs(p.level - share))
+        rows.append({"distinct": v.label, "similar_below": recs[0]["similar_below"], "complementary_above": recs[0]["complementary_above"],
+                     "runs": len(recs), "units_removed_share": _mean(r["share"] for r in recs), "largest_layer_share": share,
+                     "largest_layer": ", ".join(sorted({layer["layer"] for layer in largest if layer})) or "—",
+                     "matched_percentile": match.label, "percentile_level": match.level,
+                     "accuracy_distinct": _accuracy(res, v), "accuracy_percentile": _accuracy(res, match)})
+    return pd.DataFrame(rows, columns=MATCH_COLUMNS)
+
+
+def lottery_tables(res: StudyResults) -> dict[str, pd.DataFrame]:
+    """The two tables, where the study has what they need."""
+    tables = {"tickets": ticket_table(res), "distinct_match": distinct_match_table(res)}
+    return {k: t for k, t in tables.items() if not t.empty}
