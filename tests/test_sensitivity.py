@@ -275,3 +275,11 @@ def test_pruning_from_the_scan_then_int8_end_to_end(tmp_path, monkeypatch):
     assert "Layer-wise sensitivity" in html and "sensitivity-heatmap" in html and "sensitivity-curves" in html
     assert [p.stem for p in report.figures] == ["sensitivity-curves", "sensitivity-heatmap"]
     assert (study / "tables" / "report-sensitivity.csv").exists() and (study / "tables" / "sensitivity.csv").exists()
+
+
+def test_the_sun_config_scans_then_prunes_from_the_scan_and_quantises():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sun-layerwise.yaml")
+    assert cfg.model.name == "paper_cnn" and cfg.dataset.params["classes"] == "ckplus" and cfg.dataset.params["image_size"] == 48
+    labels = [parse_recipe(r).label for r in cfg.recipes]
+    assert labels == ["int8-weights", "prune 50% + int8-weights"] + [
+        f"prune from sensitivity (tol {t}%) + int8-weights" for t in ("0.5", "1", "2")]
