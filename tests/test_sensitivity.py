@@ -172,6 +172,16 @@ def test_unknown_layer_names_stop_the_config_when_it_loads_in_one_line():
     load_config(None, {"recipes": [[{"prune": {"sparsity": {"features.0.weight": 0.2, "classifier.9.weight": 0.8}}}]]})
 
 
+def test_unknown_layer_names_stop_a_study_before_anything_is_written(tiny, tmp_path):
+    from faircompress.study import _check_layers
+
+    cfg = load_config(None, {"output_dir": str(tmp_path / "s"), "dataset.params": DATA, "recipes": []})
+    bad = cfg.model_copy(update={"recipes": [[{"prune": {"sparsity": {"features.1.weight": 0.5}}}]]})  # as if no shape were declared
+    with pytest.raises(ConfigError, match=r"recipe 1: prune sparsity: no layer 'features.1.weight'.*features.0.weight, features.5.weight"):
+        _check_layers(bad, tiny)
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("method", ["magnitude", "random"])
 def test_per_layer_pruning_prunes_each_layer_at_its_own_level(method):
     model = _small_cnn()
