@@ -415,6 +415,70 @@ class _RichHooks:
 
 
 @app.command()
+def sensitivity(
+    config_or_study: Optional[Path] = typer.Argument(None, help="study config (YAML) or a study directory (its config.yaml); "
+                                                   "default: the built-in synthetic study"),
+    levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="sparsities each layer is pruned to, alone"),
+    split: str = typer.Option("val", help="split evaluated: val (what from_sensitivity reads), train or test"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (overrides output_dir)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prepared dataset cache"),
+) -> None:
+    """Layer-wise sensitivity of the study's first baseline (trained first if the study has none): each
+    prunable layer compressed alone (pruned at each level; int8), no fine-tuning, evaluated in PyTorch;
+    the change of accuracy and of each attribute's gap, stored in the study, tables/sensitivity.csv
+    and figures. `prune: {from_sensitivity: {tolerance: 0.01}}` recipes choose their sparsities from it."""
+    from .binding import BindingError
+    from .data.problems import DatasetError
+    from .report.sensitivity import pivot, write_outputs
+    from .sensitivity import SensitivityError, parse_levels, run_sensitivity
+    from .train import DeviceError
+
+    overrides: dict = {} if cache else {"dataset.cache": False}
+    if config_or_study is not None and config_or_study.is_dir():
+        if not (config_or_study / "config.yaml").is_file():
+            _fail(f"{config_or_study}: a study directory holds config.yaml (written by `faircompress run`); give the config instead")
+        overrides.setdefault("output_dir", str(config_or_study))
+        config_or_study = config_or_study / "config.yaml"
+    for key, value in (("output_dir", out), ("dataset.params.root", data), ("train.device", device)):
+        if value is not None:
+            overrides[key] = str(value)
+    cfg = _load(config_or_study, overrides)
+    try:
+        chosen = parse_levels(levels)
+    except SensitivityError as e:
+        _fail(str(e))
+    for study in cfg.studies():
+        console.print(f"[bold]sensitivity[/] {study.name} → {study.output_dir}", highlight=False)
+        try:
+            with _RichHooks(study.train.epochs) as hooks:
+                task = None
+
+                def progress(done: int, total: int, what: str) -> None:  # one bar over layers x levels, on the hooks' display
+                    nonlocal task
+                    if task is None:
+                        task = hooks.progress.add_task("scan", total=total)
+                    hooks.progress.update(task, completed=done, total=total, description=f"scan: {what}")
+
+                scan = run_sensitivity(study, chosen, split, hooks, progress)
+            store = ResultStore.open_existing(Path(study.output_dir))
+            try:
+                csv, figs = write_outputs(store, Path(study.output_dir))
+            finally:
+                store.close()
+        except (SensitivityError, StoreError, DatasetError, BindingError, ConfigError, DeviceError, EnvironmentFault) as e:
+            _fail_on(e)
+        for note in scan.notes:
+            err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        table = pivot(scan.rows)
+        _print_frame(table[table.measure.str.contains("accuracy")].drop(columns="measure"),
+                     f"Δ accuracy (pp) on the {split} split, one layer compressed alone, baseline run {scan.baseline_id} "
+                     f"({scan.images} images, {scan.seconds:.0f} s)")
+        console.print(f"wrote {csv}" + "".join(f"\nwrote {f}" for f in figs), highlight=False, soft_wrap=True)
+
+
+@app.command()
 def power(
     config: Optional[Path] = typer.Argument(None, help="study config (YAML); default: the built-in synthetic study"),
     data: Optional[Path] = typer.Option(None, "--data", help="your copy of the dataset (sets dataset.params.root)"),

@@ -356,6 +356,21 @@ class StudyConfig(Strict):
             raise ValueError("baseline.weights and baseline.onnx belong to one model; a models grid trains each model")
         return self
 
+    @model_validator(mode="after")
+    def _check_layer_names(self) -> "StudyConfig":
+        """Per-layer pruning sparsities name layers the model has: checked now when the dataset's
+        parameters fix the input shape (else when the study starts); a grid checks each model's study."""
+        from .compress.layerwise import LayerwiseError, check_layer_names, has_layerwise
+
+        shape = _declared(self.dataset)
+        if self.models is not None or shape is None or self.baseline.source == "onnx" or not has_layerwise(self):
+            return self
+        try:
+            check_layer_names(self, shape)
+        except LayerwiseError as e:
+            raise ValueError(str(e)) from None
+        return self
+
     def study_of(self, i: int) -> "StudyConfig":
         """The study of the grid's ``i``-th model: this config with that model and its own settings, in output_dir/<label>."""
         assert self.models is not None, "only for a models grid"

@@ -23,6 +23,24 @@ SCHEMA_VERSION = 3
 _METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), metric TEXT NOT NULL, attribute TEXT NOT NULL DEFAULT '',
     grp TEXT NOT NULL DEFAULT '', value REAL, PRIMARY KEY (run_id, metric, attribute, grp))"""
+# Layer-wise sensitivity scans (`faircompress sensitivity`): added tables only (CREATE IF NOT EXISTS on
+# every open), so stores of schema 3 gain them without a migration and older versions still read the
+# rest. One scan per baseline and split; a row per layer (position: its place in the model), technique
+# ('prune' at a sparsity, 'int8' at level 8), level and attribute ('': overall accuracy; an attribute:
+# its gap), the compressed copy's value, the unmodified baseline's on the same split, their difference,
+# the layer's share of zeros in the copy and its size.
+_SENSITIVITY_TABLES = """
+CREATE TABLE IF NOT EXISTS sensitivity_scans (
+    baseline_id TEXT NOT NULL REFERENCES runs(run_id), split TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL,
+    dataset_key TEXT, images INTEGER NOT NULL, levels_json TEXT NOT NULL, device TEXT, seconds REAL, created_at REAL NOT NULL,
+    PRIMARY KEY (baseline_id, split));
+CREATE TABLE IF NOT EXISTS sensitivity (
+    baseline_id TEXT NOT NULL, split TEXT NOT NULL, layer TEXT NOT NULL, position INTEGER NOT NULL,
+    technique TEXT NOT NULL CHECK (technique IN ('prune', 'int8')), level REAL NOT NULL, attribute TEXT NOT NULL DEFAULT '',
+    value REAL NOT NULL, reference REAL NOT NULL, delta REAL NOT NULL, sparsity REAL NOT NULL, elements INTEGER NOT NULL,
+    PRIMARY KEY (baseline_id, split, layer, technique, level, attribute),
+    FOREIGN KEY (baseline_id, split) REFERENCES sensitivity_scans(baseline_id, split)) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,7 +75,7 @@ CREATE TABLE IF NOT EXISTS dataset_files (path TEXT PRIMARY KEY, sha256 TEXT NOT
 CREATE TABLE IF NOT EXISTS split_counts (
     dataset_key TEXT NOT NULL, split TEXT NOT NULL, label INTEGER NOT NULL, attributes_json TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (dataset_key, split, label, attributes_json)) WITHOUT ROWID;
-"""
+""" + _SENSITIVITY_TABLES
 _CHILD_TABLES = ("metrics", "epochs", "predictions")
 IDENTITY_COLUMNS = ("kind", "label", "seed", "recipe_json", "repeat", "baseline_id", "variant", "recipe_key", "technique", "level",
                     "is_reference")
@@ -333,6 +351,34 @@ class ResultStore:
                     c.execute("UPDATE split_counts SET dataset_key=? WHERE dataset_key=?", (new, old))
             c.execute("UPDATE runs SET dataset_key=? WHERE dataset_key IS NULL", (new,))
             self._write_binding(c, binding, files)
+
+    # --- layer-wise sensitivity scans ------------------------------------------
+    SENSITIVITY_COLUMNS = ("layer", "position", "technique", "level", "attribute", "value", "reference", "delta", "sparsity", "elements")
+
+    def record_sensitivity(self, baseline_id: str, split: str, scan: dict[str, Any], rows: pd.DataFrame) -> None:
+        """One scan of a baseline on a split, in one transaction, replacing an earlier scan of the same
+        baseline and split. ``scan``: checkpoint_sha256, dataset_key, images, levels, device, seconds;
+        ``rows``: `SENSITIVITY_COLUMNS`."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM sensitivity WHERE baseline_id=? AND split=?", (baseline_id, split))
+            c.execute("DELETE FROM sensitivity_scans WHERE baseline_id=? AND split=?", (baseline_id, split))
+            c.execute("INSERT INTO sensitivity_scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (baseline_id, split, scan["checkpoint_sha256"], scan.get("dataset_key"), int(scan["images"]),
+                       json.dumps([float(x) for x in scan["levels"]]), scan.get("device"), scan.get("seconds"), time.time()))
+            c.executemany(f"INSERT INTO sensitivity VALUES (?, ?{', ?' * len(self.SENSITIVITY_COLUMNS)})",
+                          [(baseline_id, split, r.layer, int(r.position), r.technique, float(r.level), r.attribute, float(r.value),
+                            float(r.reference), float(r.delta), float(r.sparsity), int(r.elements)) for r in rows.itertuples()])
+
+    def sensitivity_scans(self) -> pd.DataFrame:
+        """Every stored scan: baseline_id, split, checkpoint_sha256, dataset_key, images, levels_json, device, seconds, created_at."""
+        return pd.read_sql_query("SELECT * FROM sensitivity_scans ORDER BY created_at", self.conn)
+
+    def sensitivity(self, baseline_id: str | None = None, split: str | None = None) -> pd.DataFrame:
+        """Stored scan rows (all, or one baseline's and/or split's): baseline_id, split, then `SENSITIVITY_COLUMNS`."""
+        where = [(c, v) for c, v in (("baseline_id", baseline_id), ("split", split)) if v is not None]
+        sql = "SELECT * FROM sensitivity" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
+        return pd.read_sql_query(sql + " ORDER BY baseline_id, split, technique DESC, position, level, attribute", self.conn,
+                                 params=[v for _, v in where])
 
     # --- reading ------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

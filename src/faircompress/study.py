@@ -73,6 +73,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     _check_unreadable(cfg, data, hooks)
     _check_own_files(cfg, data)
     _check_input(cfg, data)
+    _check_layers(cfg, data)
     data = _augmented(cfg, data, hooks)  # after the checks: they speak of the images loaded
     out = Path(cfg.output_dir)
     store = ResultStore(out)
@@ -105,13 +106,17 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
     _check_study(cfg, out, store, ident, data)
     write_text_atomic(out / "config.yaml", dump_config(cfg))
     store.set_protocol(PROTOCOL_VERSION)
+    cfg, blocked = _layerwise(cfg, store, data)  # per-layer pruning: sparsities from the sensitivity scan, planned with them
     runs = plan(cfg)
     damaged = _damaged_artefacts(store, out, runs, hooks)
-    todo = [r for r in runs if store.status(r.run_id) != "finished" or r.run_id in damaged]
+    todo = [r for r in runs if (store.status(r.run_id) != "finished" or r.run_id in damaged) and not blocked(r)]
     pending = {r.run_id for r in todo}
-    report = StudyReport(ran=[], skipped=[r.run_id for r in runs if r.run_id not in pending], failed={})
+    report = StudyReport(ran=[], skipped=[r.run_id for r in runs if r.run_id not in pending and not blocked(r)], failed={})
     for r in runs:
-        if r.run_id not in pending:
+        if blocked(r):  # not started, not recorded: once the scan exists these recipes plan other run ids
+            report.failed[r.run_id] = blocked.why  # type: ignore[assignment]
+            hooks.run_failed(r, str(blocked.why))
+        elif r.run_id not in pending:
             hooks.run_skipped(r)
     _record_samples(store, ident, data)  # before the early return: a finished study made before counts were kept gets them
     if not todo:
@@ -234,6 +239,39 @@ def _check_input(cfg: StudyConfig, data: FaceDataset) -> None:
         raise ConfigError(f"model: {resolved.what} with these params takes a features table's rows, but dataset {data.name} holds "
                           f"images {data.input_shape.batch()}: set model.params.input: image, or use a features dataset "
                           "(sfew_features)")
+
+
+def _check_layers(cfg: StudyConfig, data: FaceDataset) -> None:
+    """Per-layer pruning sparsities name layers the model has (checked when the config loaded where the
+    dataset's parameters fix the shape; here for the rest), before anything is written."""
+    from .compress.layerwise import LayerwiseError, check_layer_names
+
+    try:
+        check_layer_names(cfg, data.input_shape)
+    except LayerwiseError as e:
+        raise ConfigError(str(e)) from None
+
+
+class _Blocked:
+    """Planned runs that cannot run yet (a from_sensitivity recipe without a scan), and why."""
+
+    def __init__(self, why: str | None) -> None:
+        self.why = why
+
+    def __call__(self, run: PlannedRun) -> bool:
+        from .compress.layerwise import unresolved
+
+        return self.why is not None and unresolved(run)
+
+
+def _layerwise(cfg: StudyConfig, store: ResultStore, data: FaceDataset) -> tuple[StudyConfig, _Blocked]:
+    from .compress.layerwise import LayerwiseError, resolve
+
+    try:
+        cfg, why = resolve(cfg, store, data.input_shape)
+    except LayerwiseError as e:
+        raise ConfigError(str(e)) from None
+    return cfg, _Blocked(why)
 
 
 def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDataset) -> None:

@@ -15,15 +15,20 @@
   kernel it zeroes the same weights as magnitude. One-shot: the mask, existing zeros included, is fixed
   through fine-tuning (recomputing it would remove p % of the survivors again each time).
 
+Per-layer sparsities (``sparsity: {layer: fraction, default: fraction}``, layer names as `prunable`
+gives them; or ``from_sensitivity``, chosen from the stored layer-wise sensitivity scan when the study
+starts, see `compress/layerwise.py`): each kernel pruned per tensor at its own level, layers not listed
+at ``default`` (0: left dense). Every method above works per layer the same way.
+
 After fine-tuning the zeros are simply part of the weights: nothing of the pruning machinery is left
 in the model.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
@@ -34,14 +39,23 @@ def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "per_tensor") -> dict[str, torch.Tensor]:
+Sparsity = Union[float, dict[str, float]]  # one level for every kernel, or each kernel's own (missing: 0)
+
+
+def _level(sparsity: Sparsity, name: str) -> float:
+    return sparsity.get(name, 0.0) if isinstance(sparsity, dict) else sparsity
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: Sparsity, scope: str = "per_tensor") -> dict[str, torch.Tensor]:
     """Boolean keep-masks zeroing exactly ``round(sparsity * n)`` smallest-magnitude entries.
 
     per_tensor: each tensor on its own (tfmot's default); global: one ranking across all tensors.
-    Ties are broken by position, so the count is exact.
+    Ties are broken by position, so the count is exact. ``sparsity`` may give each tensor its own
+    level ({name: level}, per tensor only; a tensor not named keeps every entry).
     """
     if scope == "per_tensor":
-        return {k: _keep_largest(w.detach().abs().flatten(), sparsity).view_as(w) for k, w in weights.items()}
+        return {k: _keep_largest(w.detach().abs().flatten(), _level(sparsity, k)).view_as(w) for k, w in weights.items()}
+    assert not isinstance(sparsity, dict), "per-layer sparsities are per tensor"
     flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
     keep = _keep_largest(flat, sparsity)
     out, i = {}, 0
@@ -59,7 +73,7 @@ def _keep_largest(mag: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
-def random_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "per_tensor",
+def random_masks(weights: dict[str, torch.Tensor], sparsity: Sparsity, scope: str = "per_tensor",
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks dropping, in each tensor, as many entries as `magnitude_masks` would (per tensor, or
     the global ranking's per-tensor counts), chosen uniformly at random."""
@@ -72,11 +86,13 @@ def random_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str =
     return out
 
 
-def percentile_masks(weights: dict[str, torch.Tensor], percent: float, scope: str = "per_tensor") -> dict[str, torch.Tensor]:
+def percentile_masks(weights: dict[str, torch.Tensor], percent: Sparsity, scope: str = "per_tensor") -> dict[str, torch.Tensor]:
     """Keep-masks dropping the ``round(percent * nonzeros)`` smallest-magnitude non-zero entries of
-    each tensor (global: of all tensors together), and the zeros: existing zeros do not count."""
+    each tensor (global: of all tensors together), and the zeros: existing zeros do not count.
+    ``percent`` may give each tensor its own ({name: percent}, per tensor only)."""
     if scope == "per_tensor":
-        return {k: _keep_largest_nonzero(w.detach().flatten(), percent).view_as(w) for k, w in weights.items()}
+        return {k: _keep_largest_nonzero(w.detach().flatten(), _level(percent, k)).view_as(w) for k, w in weights.items()}
+    assert not isinstance(percent, dict), "per-layer sparsities are per tensor"
     keep = _keep_largest_nonzero(torch.cat([w.detach().flatten() for w in weights.values()]), percent)
     out, i = {}, 0
     for k, w in weights.items():
@@ -98,7 +114,7 @@ def _keep_largest_nonzero(w: torch.Tensor, percent: float) -> torch.Tensor:
 class MagnitudePruner:
     """Holds the masks during fine-tuning; call ``after_step`` after every optimiser step."""
 
-    def __init__(self, model: nn.Module, sparsity: float, frequency: int = 32, scope: str = "per_tensor") -> None:
+    def __init__(self, model: nn.Module, sparsity: Sparsity, frequency: int = 32, scope: str = "per_tensor") -> None:
         self.model = model
         self.sparsity, self.frequency, self.scope = sparsity, frequency, scope
         self.masks = magnitude_masks(self.weights, sparsity, scope)
@@ -149,47 +165,142 @@ class FixedMaskPruner(MagnitudePruner):
 # ----------------------------------------------------------------------------- recipe step
 
 METHODS = ("magnitude", "random", "percentile")
+DEFAULT_LAYER = "default"  # in a per-layer sparsity mapping: the level of every layer not named
+
+
+class FromSensitivity(StepParams):
+    """Per-layer sparsities chosen from the study's layer-wise sensitivity scan (our rule; see
+    `compress/layerwise.py`): per layer, the largest scanned level up to which every level's accuracy
+    drop on the validation split (and, with ``gaps``, each attribute's gap increase) is at most ``tolerance``."""
+
+    tolerance: float = Field(..., ge=0, lt=1, description="largest accepted drop, as a fraction of accuracy (0.01 = 1 pp)")
+    gaps: bool = Field(False, description="also hold each attribute's gap increase (pp as a fraction) under the tolerance")
 
 
 class PruneParams(StepParams):
-    sparsity: float = Field(..., gt=0, lt=1, description="fraction of each kernel set to zero (percentile: of its non-zeros)")
+    sparsity: Union[float, dict[str, float], None] = Field(
+        None, description="fraction of each kernel set to zero (percentile: of its non-zeros); or per layer "
+                          "{layer: fraction, default: fraction}, layers as `prunable` names them (not named: default, else dense)")
     scope: Literal["per_tensor", "global"] = "per_tensor"
     frequency: int = Field(32, ge=1, description="optimiser steps between mask updates (magnitude only)")
     epochs: int = Field(2, ge=0, description="fine-tuning epochs")
     method: Literal["magnitude", "random", "percentile"] = Field("magnitude", description="which weights go")
+    from_sensitivity: FromSensitivity | None = Field(
+        None, description="per-layer sparsities from the stored sensitivity scan (`faircompress sensitivity` first); "
+                          "faircompress writes them into `sparsity` when the study starts")
+    overall: float | None = Field(None, ge=0, le=1, description="per-layer sparsities: the share of all prunable weights "
+                                  "they zero (weighted by size); derived from the model when the study starts, not given")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _fractions(cls, v: Union[float, dict[str, float], None]) -> Union[float, dict[str, float], None]:
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("a per-layer mapping needs at least one layer (or default)")
+            bad = {k: x for k, x in v.items() if not 0 <= x < 1}
+            if bad:
+                raise ValueError(f"each layer's fraction must be at least 0 and below 1: {bad}")
+        elif v is not None and not 0 < v < 1:
+            raise ValueError(f"must be above 0 and below 1, not {v}")
+        return v
 
     @model_validator(mode="after")
-    def _fixed_masks_have_no_frequency(self) -> "PruneParams":
+    def _consistent(self) -> "PruneParams":
         if self.method != "magnitude" and self.frequency != type(self).model_fields["frequency"].default:
             raise ValueError(f"frequency: only magnitude pruning updates its masks; {self.method} pruning's mask is fixed")
+        if self.sparsity is None and self.from_sensitivity is None:
+            raise ValueError("sparsity: required (a fraction, or per layer {layer: fraction}), unless from_sensitivity chooses it")
+        if self.from_sensitivity is not None and isinstance(self.sparsity, float):
+            raise ValueError("give sparsity or from_sensitivity, not both")
+        if self.per_layer and self.scope == "global":
+            raise ValueError("scope: global ranks all layers together; per-layer sparsities are per tensor")
+        if self.overall is not None and not self.per_layer:
+            raise ValueError("overall: only per-layer sparsities have one (it is derived, not given)")
         return self
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.sparsity, dict) or self.from_sensitivity is not None
+
+    def layer_sparsities(self, names: list[str]) -> dict[str, float]:
+        """Each of ``names`` (the model's prunable layers) with its level; a name the mapping gives
+        that the model lacks is a `ValueError` naming the valid ones."""
+        if not isinstance(self.sparsity, dict):
+            if self.from_sensitivity is not None:
+                raise ValueError(UNRESOLVED)
+            return {n: float(self.sparsity or 0.0) for n in names}
+        unknown = [k for k in self.sparsity if k != DEFAULT_LAYER and k not in names]
+        if unknown:
+            raise ValueError(unknown_layers(unknown, names))
+        rest = self.sparsity.get(DEFAULT_LAYER, 0.0)
+        return {n: float(self.sparsity.get(n, rest)) for n in names}
+
+
+UNRESOLVED = ("prune from_sensitivity: no per-layer sparsities chosen yet: they come from the study's layer-wise "
+              "sensitivity scan; run `faircompress sensitivity CONFIG` first")
+
+
+def unknown_layers(unknown: list[str], names: list[str]) -> str:
+    """One line: the layer names a recipe gives that the model does not have, and those it has."""
+    return (f"prune sparsity: no layer {', '.join(map(repr, unknown))} in this model; its prunable layers are "
+            f"{', '.join(names)} (or default)")
+
+
+def overall_sparsity(levels: dict[str, float], sizes: dict[str, int]) -> float:
+    """The share of all prunable weights that per-layer levels zero, weighted by size (counts as
+    magnitude pruning rounds them)."""
+    total = sum(sizes.values())
+    return sum(int(round(levels.get(k, 0.0) * n)) for k, n in sizes.items()) / total if total else 0.0
 
 
 @STEPS.register("prune")
 class PruneStep(TrainStep):
     name, Params, level = "prune", PruneParams, "sparsity"
     example = {"sparsity": 0.5, "epochs": 1}
-    quiet_defaults = ("method",)  # added later: magnitude recipes keep their keys and run ids
+    quiet_defaults = ("method", "from_sensitivity", "overall")  # added later: older recipes keep their keys and run ids
 
     def technique(self) -> str:
         """'prune' for magnitude pruning; 'prune-random' and 'prune-percentile' are their own families
-        in the report (their own curves beside magnitude's)."""
-        return "prune" if self.params.method == "magnitude" else f"prune-{self.params.method}"
+        in the report (their own curves beside magnitude's), and so are per-layer sparsities
+        ('prune-layerwise', 'prune-sensitivity' when chosen from the scan)."""
+        p = self.params
+        base = "prune" if p.method == "magnitude" else f"prune-{p.method}"
+        return base + ("-sensitivity" if p.from_sensitivity is not None else "-layerwise" if p.per_layer else "")
 
     def short(self) -> str:
         p = self.params
-        return (f"prune {p.sparsity:.0%}" + ("" if p.method == "magnitude" else f" {p.method}")
-                + (" global" if p.scope == "global" else "") + self._extras("sparsity", "scope", "method"))
+        method = "" if p.method == "magnitude" else f" {p.method}"
+        extras = self._extras("sparsity", "scope", "method", "from_sensitivity", "overall")
+        if p.from_sensitivity is not None:
+            fs = p.from_sensitivity
+            inner = f"tol {100 * fs.tolerance:g}%" + (", gaps" if fs.gaps else "") + (f", {p.overall:.0%}" if p.overall is not None else "")
+            return f"prune from sensitivity ({inner}){method}{extras}"
+        if p.per_layer:
+            return "prune per-layer" + (f" ({p.overall:.0%})" if p.overall is not None else "") + method + extras
+        return f"prune {p.sparsity:.0%}" + method + (" global" if p.scope == "global" else "") + extras
+
+    def level_value(self) -> float | None:
+        """The sparsity; for per-layer sparsities the overall share of prunable weights they zero
+        (None until the study derives it)."""
+        p = self.params
+        return p.overall if p.per_layer else float(p.sparsity)  # type: ignore[arg-type]
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
+        weights = prunable(model)
+        sparsity = p.layer_sparsities(list(weights)) if p.per_layer else p.sparsity
         if p.method == "magnitude":
-            pruner = MagnitudePruner(model, p.sparsity, p.frequency, p.scope)
+            pruner = MagnitudePruner(model, sparsity, p.frequency, p.scope)
         elif p.method == "random":
             gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
-            pruner = FixedMaskPruner(model, random_masks(prunable(model), p.sparsity, p.scope, gen))
+            pruner = FixedMaskPruner(model, random_masks(weights, sparsity, p.scope, gen))
         else:
-            pruner = FixedMaskPruner(model, percentile_masks(prunable(model), p.sparsity, p.scope))
+            pruner = FixedMaskPruner(model, percentile_masks(weights, sparsity, p.scope))
         if p.epochs:
             ctx.fine_tune(model, p.epochs, pruner.after_step)
         pruner.finalize()
+        if p.per_layer:  # what each layer ended at, in the run's details
+            found = pruner.sparsity_report()
+            sizes = {k: w.numel() for k, w in prunable(model).items()}
+            zeros = sum(found[k] * n for k, n in sizes.items())
+            ctx.details["prune"] = {"sparsity": found, "overall": zeros / sum(sizes.values()) if sizes else 0.0}

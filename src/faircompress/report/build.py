@@ -24,6 +24,7 @@ from .faces import face_grid
 from .lottery import lottery_tables, ticket_curves
 from .findings import as_html, findings
 from . import paper as P
+from . import sensitivity as S
 from . import weights as W
 from .results import NothingToAnalyse, StudyResults, Variant, dataset_name, load_results
 from .tables import markdown_table
@@ -68,16 +69,35 @@ def _write(store: ResultStore, study_dir: Path, n_boot: int, seed: int, say: Pro
     sections: list[str] = []
     if res is not None:
         report.tables = _tables(res, n_boot, seed, say, dataset_name(runs)) | _weight_tables(res, study_dir)
+        scan = S.scans(store)  # the layer-wise sensitivity scan, when `faircompress sensitivity` made one
+        report.tables |= {f"sensitivity{_split_suffix(split)}": S.pivot(rows) for split, rows in scan.items()}
         for name, df in report.tables.items():
             write_table(df, out_tables, f"report-{name}")
         say("figures")
         report.figures = _figures(res, report.tables, out_figs, study_dir, faces, report.notes, layers)
+        report.figures += S.write_outputs(store, study_dir)[1]
         found = findings(res, report.tables["gaps"], report.tables["power"], T.variant_stats(res), report.tables["groups"],
                          report.missing)
         sections = [_opening(as_html(found), report.figures[:1]), _figure_section(report.figures[1:], report.notes),
-                    *_sections(res, report.tables)]
+                    *_sections(res, report.tables), *_sensitivity_sections(store, report.tables)]
     write_text_atomic(report.html, _html(_header(runs, res), report.missing, sections))
     return report
+
+
+def _split_suffix(split: str) -> str:
+    return "" if split == "val" else f"-{split}"
+
+
+def _sensitivity_sections(store: ResultStore, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The layer-wise sensitivity scan per split, as `report/sensitivity.py` lays it out."""
+    meta = store.sensitivity_scans()
+    out = []
+    for split in S.scans(store):
+        newest = meta[meta.split == split].sort_values("created_at").iloc[-1]
+        note = S.NOTE.format(split="validation" if split == "val" else split, images=int(newest.images))
+        out.append(_section("Layer-wise sensitivity" + ("" if split == "val" else f" ({split} split)"), note,
+                            tables[f"sensitivity{_split_suffix(split)}"]))
+    return out
 
 
 def _loaded(store: ResultStore, missing: list[str]) -> StudyResults | None:
@@ -401,6 +421,12 @@ CAPTIONS = {
     "fine-tuning-curves": "Each compressed variant's accuracy and loss per fine-tuning epoch (solid: selection split, dashed: "
                           "training), mean ± std over its models: how much of the baseline's accuracy fine-tuning restores.",
 }
+CAPTIONS["sensitivity-curves"] = ("Layer-wise sensitivity: each prunable layer of the first baseline pruned alone (no "
+                                  "fine-tuning), the change of accuracy and of each attribute's gap (scanned split) against "
+                                  "the layer's sparsity, one line per layer: a steep line is a layer to prune less.")
+CAPTIONS["sensitivity-heatmap"] = ("Layer-wise sensitivity as a layer x level map (pp against the baseline on the "
+                                   "scanned split); the last column is the layer alone rounded to int8 ('float': a kernel "
+                                   "int8-weights leaves float). Red: accuracy lost or a gap widened.")
 COLLAPSED = {"fine-tuning-curves": "Fine-tuning curves of the compressed variants"}  # figures shown under a summary line
 
 

@@ -75,7 +75,9 @@ def paper_variant(recipe: list[dict]) -> PaperVariant | None:
     if len(head) != 1:
         return None
     if head[0] == "prune":
-        sparsity = 100 * float(params[0].get("sparsity", np.nan))
+        if not isinstance(params[0].get("sparsity"), (int, float)):  # per-layer sparsities: not one of the paper's
+            return None
+        sparsity = 100 * float(params[0]["sparsity"])
         return PaperVariant("pruned", int(round(sparsity)), quantised) if np.isclose(sparsity, round(sparsity)) else None
     if head[0] == "cluster":
         return PaperVariant("clustered", int(params[0]["clusters"]), quantised)
