@@ -69,15 +69,30 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     ckpt = out / "models" / run.prefix_id / "model.safetensors"
     shape = (data.channels, *data.image_size)
     if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
-        meta = checkpoint_metadata(ckpt)
-        records = json.loads(meta.get("records", "{}"))
-        for step in recipe.train_steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
-            step.rebuild(model, records.get(step.name), shape)
-        load_checkpoint(model, ckpt)
-        return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f], json.loads(meta.get("steps", "{}"))
+        return _saved_fine_tuned(model, recipe, ckpt, shape)
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
+    ctx = _tune_context(cfg, run, data, hooks, fits)
+    torch.manual_seed(run.tune_seed)
+    for step in recipe.train_steps:
+        step.apply(model, ctx)
+    meta = {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(ctx.details)}
+    save_checkpoint(model, ckpt, meta | ({"records": json.dumps(ctx.records)} if ctx.records else {}))
+    return model, fits, ctx.details
 
+
+def _saved_fine_tuned(model: torch.nn.Module, recipe: Recipe, ckpt: Path, shape: tuple[int, ...]) -> tuple[torch.nn.Module, list[FitResult], dict]:
+    """A fine-tuned model saved earlier, its fits and its steps' details."""
+    meta = checkpoint_metadata(ckpt)
+    records = json.loads(meta.get("records", "{}"))
+    for step in recipe.train_steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
+        step.rebuild(model, records.get(step.name), shape)
+    load_checkpoint(model, ckpt)
+    return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f], json.loads(meta.get("steps", "{}"))
+
+
+def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: Hooks, fits: list[FitResult]) -> TuneContext:
+    """What the recipe's training steps get; each fine-tuning's result is appended to ``fits``."""
     def fine_tune(m, epochs, after_step, on_epoch=None):
         def epoch_done(log):
             hooks.epoch(log)
@@ -92,16 +107,10 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     def initial(seed: int | None = None) -> torch.nn.Module:  # the baseline's own initial model; with a seed, one from scratch
         return initial_model(cfg, run.seed if seed is None else seed, data.input_shape, from_scratch=seed is not None)
 
-    torch.manual_seed(run.tune_seed)
-    ctx = TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
-                      note=hooks.note, input_shape=shape, initial_model=initial if cfg.baseline.source == "train" else None,
-                      accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size),
-                      train_epochs=cfg.train.epochs)
-    for step in recipe.train_steps:
-        step.apply(model, ctx)
-    meta = {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(ctx.details)}
-    save_checkpoint(model, ckpt, meta | ({"records": json.dumps(ctx.records)} if ctx.records else {}))
-    return model, fits, ctx.details
+    return TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
+                       note=hooks.note, input_shape=(data.channels, *data.image_size),
+                       initial_model=initial if cfg.baseline.source == "train" else None,
+                       accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs)
 
 
 def split_accuracy(model: torch.nn.Module, data: FaceDataset, split: str, batch_size: int = 256) -> float:
