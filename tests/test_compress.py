@@ -243,3 +243,20 @@ def test_finalize_keeps_the_restored_checkpoint_and_its_exact_sparsity():
         assert torch.equal(v, best[k]), k  # nothing alive in the checkpoint is zeroed
     for name, w in pruner.weights.items():
         assert int((w == 0).sum()) == round(0.5 * w.numel()), name
+
+
+def test_the_first_and_last_layers_can_be_left_out_of_clustering_and_pruning():
+    torch.manual_seed(0)
+    model = build_model("paper_cnn", in_channels=1, num_classes=8, input_size=16)
+    names = list(prunable(model))
+    step = parse_recipe([{"cluster": {"clusters": 4, "epochs": 0, "skip": ["first", "last"]}}]).train_steps[0]
+    step.apply(model, TuneContext(fine_tune=lambda *a, **k: None, seed=0))
+    values = distinct_values(model)
+    assert values[names[0]] > 4 and values[names[-1]] > 4  # left as they were
+    assert all(values[n] <= 4 for n in names[1:-1])
+    assert parse_recipe([{"cluster": {"clusters": 4}}]).key() == parse_recipe([{"cluster": {"clusters": 4, "skip": []}}]).key()
+    with pytest.raises(ValueError, match=r"cluster skip: no layer 'nope' in this model; its layers are .*first, last"):
+        cluster_model(build_model("paper_cnn", in_channels=1, num_classes=8, input_size=16), 4, skip=("nope",))
+    prune = parse_recipe([{"prune": {"sparsity": {"default": 0.5, "first": 0.0, "last": 0.0}}}]).train_steps[0]
+    levels = prune.params.layer_sparsities(names)
+    assert levels[names[0]] == levels[names[-1]] == 0 and all(levels[n] == 0.5 for n in names[1:-1])

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .pruning import prunable
+from .pruning import named_layer, prunable
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
@@ -133,11 +133,19 @@ class Clustered(nn.Module):
         return out if self.keep is None else out * self.keep
 
 
-def cluster_model(model: nn.Module, clusters: int, init: str = "linear", preserve_sparsity: bool = False, seed: int = 0) -> nn.Module:
-    """Attach a clustering parametrization to every conv and dense kernel (in place)."""
+def cluster_model(model: nn.Module, clusters: int, init: str = "linear", preserve_sparsity: bool = False, seed: int = 0,
+                  skip: tuple[str, ...] = ()) -> nn.Module:
+    """Attach a clustering parametrization to every conv and dense kernel (in place), but those
+    ``skip`` names (as `prunable` names them, or 'first' / 'last')."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for m in model.modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+    names = list(prunable(model))
+    skipped = {named_layer(k, names) for k in skip}
+    unknown = sorted(skipped - set(names))
+    if unknown:
+        raise ValueError(f"cluster skip: no layer {', '.join(map(repr, unknown))} in this model; its layers are {', '.join(names)} "
+                         "(or first, last)")
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or f"{name}.weight" in skipped:
             continue
         w = m.weight.detach()
         keep = (w != 0) if preserve_sparsity else None
@@ -165,12 +173,15 @@ class ClusterParams(StepParams):
     init: Literal["linear", "kmeans++"] = "linear"
     preserve_sparsity: bool = Field(False, description="keep zeros (e.g. from pruning) at zero")
     epochs: int = Field(3, ge=0, description="fine-tuning epochs")
+    skip: list[str] = Field(default_factory=list, description="kernels left unclustered: names as `prunable` gives them, "
+                            "or first / last (the first and last layers; tfmot clusters both by default)")
 
 
 @STEPS.register("cluster")
 class ClusterStep(TrainStep):
     name, Params, level = "cluster", ClusterParams, "clusters"
     example = {"clusters": 8, "epochs": 1}
+    quiet_defaults = ("skip",)  # added later: older recipes keep their keys and run ids
 
     def short(self) -> str:
         p = self.params
@@ -178,7 +189,7 @@ class ClusterStep(TrainStep):
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
-        cluster_model(model, p.clusters, p.init, p.preserve_sparsity, seed=ctx.seed)
+        cluster_model(model, p.clusters, p.init, p.preserve_sparsity, seed=ctx.seed, skip=tuple(p.skip))
         if p.epochs:
             ctx.fine_tune(model, p.epochs, None)
         strip_clustering(model)

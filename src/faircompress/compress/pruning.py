@@ -229,11 +229,20 @@ class PruneParams(StepParams):
             if self.from_sensitivity is not None:
                 raise ValueError(UNRESOLVED)
             return {n: float(self.sparsity or 0.0) for n in names}
-        unknown = [k for k in self.sparsity if k != DEFAULT_LAYER and k not in names]
+        given = {named_layer(k, names): v for k, v in self.sparsity.items() if k != DEFAULT_LAYER}
+        unknown = [k for k in given if k not in names]
         if unknown:
             raise ValueError(unknown_layers(unknown, names))
         rest = self.sparsity.get(DEFAULT_LAYER, 0.0)
-        return {n: float(self.sparsity.get(n, rest)) for n in names}
+        return {n: float(given.get(n, rest)) for n in names}
+
+
+FIRST_LAST = ("first", "last")  # the first and last prunable layers, whatever the model calls them (tfmot prunes both by default)
+
+
+def named_layer(key: str, names: list[str]) -> str:
+    """A layer key of a recipe as the model names it: 'first' and 'last' are its first and last prunable layers."""
+    return {"first": names[0], "last": names[-1]}.get(key, key) if names else key
 
 
 UNRESOLVED = ("prune from_sensitivity: no per-layer sparsities chosen yet: they come from the study's layer-wise "
@@ -243,7 +252,7 @@ UNRESOLVED = ("prune from_sensitivity: no per-layer sparsities chosen yet: they 
 def unknown_layers(unknown: list[str], names: list[str]) -> str:
     """One line: the layer names a recipe gives that the model does not have, and those it has."""
     return (f"prune sparsity: no layer {', '.join(map(repr, unknown))} in this model; its prunable layers are "
-            f"{', '.join(names)} (or default)")
+            f"{', '.join(names)} (or default, first, last)")
 
 
 def overall_sparsity(levels: dict[str, float], sizes: dict[str, int]) -> float:
