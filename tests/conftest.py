@@ -24,6 +24,7 @@ def tiny_overrides(tmp_path):
         "train.precision": "fp32",
         "train.device": "cpu",
         "evaluation.latency_runs": 3,
+        "evaluation.memory": False,  # a child process per variant; tests/test_memory.py turns it on
         "recipes": [],
     }
 

@@ -124,7 +124,7 @@ def _params(tmp_path):
 
 @pytest.mark.slow
 def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrides):
-    overrides = {**tiny_overrides, "seeds": [0, 1, 2], "train.epochs": 3, "dataset.params": {**tiny_overrides["dataset.params"], "image_size": 32}}
+    overrides = {**tiny_overrides, "seeds": [0, 1], "train.epochs": 3, "dataset.params": {**tiny_overrides["dataset.params"], "image_size": 32}}
     cfg = write_config(tmp_path / "s.yaml", overrides)
     study = Path(overrides["output_dir"])
     db = study / "results.sqlite"
@@ -150,7 +150,7 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
         pytest.fail("study did not reach the kill point")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert count("finished") < 3 and count("running") == 1
+    assert count("finished") < 2 and count("running") == 1
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -159,10 +159,10 @@ def test_killed_study_resumes_with_every_run_exactly_once(tmp_path, tiny_overrid
         preds = c.execute("SELECT run_id, COUNT(*), COUNT(DISTINCT sample) FROM predictions GROUP BY run_id").fetchall()
         epochs = c.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall()
         n_runs = c.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs WHERE status='finished'").fetchone()
-    assert [(s, st) for s, st, _ in rows] == [(0, "finished"), (1, "finished"), (2, "finished")]
+    assert [(s, st) for s, st, _ in rows] == [(0, "finished"), (1, "finished")]
     assert sorted(a for *_, a in rows)[-1] == 2  # the killed run was retried once
-    assert n_runs == (6, 6)  # 3 baselines and their 3 fp32 exports, each exactly once
-    assert len(preds) == 6 and all(n == d for _, n, d in preds)
+    assert n_runs == (4, 4)  # 2 baselines and their 2 fp32 exports, each exactly once
+    assert len(preds) == 4 and all(n == d for _, n, d in preds)
     assert all(n == 3 for _, n in epochs)  # the resumed run kept the epochs it had finished
     assert not list(study.rglob("*.partial-*"))
 

@@ -72,7 +72,7 @@ def test_a_crashing_probe_leaves_the_runs_memory_empty_and_says_why(tiny_overrid
     notes: list[str] = []
     hooks = Hooks()
     hooks.note = notes.append
-    cfg = load_config(None, {**tiny_overrides, "train.epochs": 1})
+    cfg = load_config(None, {**tiny_overrides, "train.epochs": 1, "evaluation.memory": True})
     assert not run_study(cfg, hooks).failed
     variants, m = _stored(Path(cfg.output_dir))
     assert len(variants) == 1 and m.accuracy.notna().all() and m.latency_ms.notna().all()
@@ -105,7 +105,7 @@ def test_without_a_peak_reset_an_increment_is_reported_only_when_the_peak_rose_a
 
 
 def test_memory_is_a_measurement_setting_and_on_keeps_the_run_ids_of_studies_made_before_it(tiny_overrides):
-    on = load_config(None, {**tiny_overrides, "recipes": [[{"quantize": {"mode": "int8-weights"}}]]})
+    on = load_config(None, {**tiny_overrides, "evaluation.memory": True, "recipes": [[{"quantize": {"mode": "int8-weights"}}]]})
     off = on.model_copy(update={"evaluation": on.evaluation.model_copy(update={"memory": False})})
     assert result_fields(on) == result_fields(off)  # not a result-changing field: never refused by the binding
     ids_on, ids_off = [r.run_id for r in plan(on)], [r.run_id for r in plan(off)]

@@ -292,3 +292,14 @@ def test_the_pretrained_files_content_is_part_of_the_studys_identity(imagenet, t
         load_config(saved)
     assert result_fields(load_config(None, {"model": {"name": "resnet18", "params": {"pretrained": str(path)}}})) != before
     assert "params_sha256" not in dump_config(load_config(None, {}))  # a registered model without files dumps as before
+
+
+def test_a_thinner_resnet18_keeps_the_layout_and_is_refused_with_pretrained_weights(imagenet):
+    thin = build_model("resnet18", in_channels=1, num_classes=7, input_size=48, width=16)
+    full = build_model("resnet18", in_channels=1, num_classes=7, input_size=48)
+    assert list(thin.state_dict()) == list(full.state_dict())  # the same names: every step finds the same layers
+    assert thin.layer4[1].conv2.weight.shape == (128, 128, 3, 3) and thin.fc.weight.shape == (7, 128)
+    with pytest.raises(ValueError, match="params.width 16 cannot go with pretrained weights"):
+        build_model("resnet18", in_channels=3, num_classes=7, input_size=64, width=16, pretrained=str(imagenet["pth"]))
+    with pytest.raises(ValueError, match="params.width must be a multiple of 8"):
+        build_model("resnet18", in_channels=1, num_classes=7, input_size=48, width=12)

@@ -81,25 +81,26 @@ class ResNet18(nn.Module):
     """ResNet-18 taking raw 0..255 pixels: stem, four stages of two BasicBlocks (64, 128, 256,
     512 channels), global average pooling, a dense layer to the classes (logits)."""
 
-    def __init__(self, in_channels: int, num_classes: int, small_stem: bool, normalise: bool) -> None:
+    def __init__(self, in_channels: int, num_classes: int, small_stem: bool, normalise: bool, width: int = 64) -> None:
         super().__init__()
+        widths = [w * width // 64 for w in WIDTHS]  # width 64: ResNet-18 itself; less: the same net, thinner
         self.pixels = PixelInput(in_channels, normalise)
         if small_stem:
-            self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        cin = 64
-        for i, (width, blocks) in enumerate(zip(WIDTHS, BLOCKS), start=1):
+        cin = widths[0]
+        for i, (width, blocks) in enumerate(zip(widths, BLOCKS), start=1):
             stride = 1 if i == 1 else 2
             self.add_module(f"layer{i}", nn.Sequential(*[BasicBlock(cin if b == 0 else width, width, stride if b == 0 else 1)
                                                          for b in range(blocks)]))
             cin = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -213,9 +214,13 @@ def _use_small_stem(small_input_stem: bool | None, pretrained: object, input_siz
 def check_params(params: dict[str, Any]) -> None:
     """What can be checked when a config loads, before any dataset: the parameters' types, the stem,
     and the pretrained file (readable, torchvision's resnet18 names and shapes)."""
-    pretrained, stem = params.get("pretrained"), params.get("small_input_stem")
+    pretrained, stem, width = params.get("pretrained"), params.get("small_input_stem"), params.get("width", 64)
     if stem is not None and not isinstance(stem, bool):
         raise ValueError(f"params.small_input_stem must be true, false or null, not {stem!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or not 8 <= width <= 64 or width % 8:
+        raise ValueError(f"params.width must be a multiple of 8 from 8 to 64 (the first stage's channels; 64 is ResNet-18), not {width!r}")
+    if pretrained is not None and width != 64:
+        raise ValueError(f"params.width {width} cannot go with pretrained weights, which are ResNet-18's own (width 64)")
     if pretrained is None:
         return
     if not isinstance(pretrained, (str, Path)) or not str(pretrained):
@@ -229,10 +234,14 @@ def check_params(params: dict[str, Any]) -> None:
 
 @MODELS.register("resnet18")
 def resnet18(*, in_channels: int, num_classes: int, input_size: int, pretrained: str | None = None,
-             small_input_stem: bool | None = None) -> nn.Module:
-    """ResNet-18 (torchvision's layout and names), from scratch or from ImageNet weights."""
+             small_input_stem: bool | None = None, width: int = 64) -> nn.Module:
+    """ResNet-18 (torchvision's layout and names), from scratch or from ImageNet weights; ``width``
+    below 64 makes every stage proportionally thinner (from scratch only)."""
+    check_params({"pretrained": None, "small_input_stem": small_input_stem, "width": width})
+    if pretrained is not None and width != 64:
+        raise ValueError(f"params.width {width} cannot go with pretrained weights, which are ResNet-18's own (width 64)")
     small = _use_small_stem(small_input_stem, pretrained, input_size)
-    model = ResNet18(in_channels, num_classes, small_stem=small, normalise=pretrained is not None)
+    model = ResNet18(in_channels, num_classes, small_stem=small, normalise=pretrained is not None, width=width)
     if pretrained is not None:
         load_pretrained(model, pretrained, in_channels)
     return model
