@@ -25,7 +25,7 @@ in the model.
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Callable, Literal, Union
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -53,14 +53,19 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: Sparsity, scope:
     Ties are broken by position, so the count is exact. ``sparsity`` may give each tensor its own
     level ({name: level}, per tensor only; a tensor not named keeps every entry).
     """
+    return _masks(weights, sparsity, scope, lambda w, level: _keep_largest(w.abs(), level))
+
+
+def _masks(weights: dict[str, torch.Tensor], sparsity: Sparsity, scope: str,
+           keep: Callable[[torch.Tensor, float], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``keep(flat weights, level)`` per tensor, or once over all tensors together (global), as masks."""
     if scope == "per_tensor":
-        return {k: _keep_largest(w.detach().abs().flatten(), _level(sparsity, k)).view_as(w) for k, w in weights.items()}
+        return {k: keep(w.detach().flatten(), _level(sparsity, k)).view_as(w) for k, w in weights.items()}
     assert not isinstance(sparsity, dict), "per-layer sparsities are per tensor"
-    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    keep = _keep_largest(flat, sparsity)
+    kept = keep(torch.cat([w.detach().flatten() for w in weights.values()]), sparsity)
     out, i = {}, 0
     for k, w in weights.items():
-        out[k] = keep[i : i + w.numel()].view_as(w)
+        out[k] = kept[i : i + w.numel()].view_as(w)
         i += w.numel()
     return out
 
@@ -90,15 +95,7 @@ def percentile_masks(weights: dict[str, torch.Tensor], percent: Sparsity, scope:
     """Keep-masks dropping the ``round(percent * nonzeros)`` smallest-magnitude non-zero entries of
     each tensor (global: of all tensors together), and the zeros: existing zeros do not count.
     ``percent`` may give each tensor its own ({name: percent}, per tensor only)."""
-    if scope == "per_tensor":
-        return {k: _keep_largest_nonzero(w.detach().flatten(), _level(percent, k)).view_as(w) for k, w in weights.items()}
-    assert not isinstance(percent, dict), "per-layer sparsities are per tensor"
-    keep = _keep_largest_nonzero(torch.cat([w.detach().flatten() for w in weights.values()]), percent)
-    out, i = {}, 0
-    for k, w in weights.items():
-        out[k] = keep[i : i + w.numel()].view_as(w)
-        i += w.numel()
-    return out
+    return _masks(weights, percent, scope, _keep_largest_nonzero)
 
 
 def _keep_largest_nonzero(w: torch.Tensor, percent: float) -> torch.Tensor:
