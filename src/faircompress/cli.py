@@ -414,6 +414,18 @@ class _RichHooks:
             self.task = None
 
 
+def _load_config_or_study(config_or_study: Optional[Path], cache: bool, options: dict):
+    """A config file, or a study directory's config.yaml (the study there), with the command's options."""
+    overrides: dict = {} if cache else {"dataset.cache": False}
+    if config_or_study is not None and config_or_study.is_dir():
+        if not (config_or_study / "config.yaml").is_file():
+            _fail(f"{config_or_study}: a study directory holds config.yaml (written by `faircompress run`); give the config instead")
+        overrides["output_dir"] = str(config_or_study)
+        config_or_study = config_or_study / "config.yaml"
+    overrides |= {key: str(value) for key, value in options.items() if value is not None}
+    return _load(config_or_study, overrides)
+
+
 @app.command()
 def sensitivity(
     config_or_study: Optional[Path] = typer.Argument(None, help="study config (YAML) or a study directory (its config.yaml); "
@@ -435,16 +447,7 @@ def sensitivity(
     from .sensitivity import SensitivityError, parse_levels, run_sensitivity
     from .train import DeviceError
 
-    overrides: dict = {} if cache else {"dataset.cache": False}
-    if config_or_study is not None and config_or_study.is_dir():
-        if not (config_or_study / "config.yaml").is_file():
-            _fail(f"{config_or_study}: a study directory holds config.yaml (written by `faircompress run`); give the config instead")
-        overrides.setdefault("output_dir", str(config_or_study))
-        config_or_study = config_or_study / "config.yaml"
-    for key, value in (("output_dir", out), ("dataset.params.root", data), ("train.device", device)):
-        if value is not None:
-            overrides[key] = str(value)
-    cfg = _load(config_or_study, overrides)
+    cfg = _load_config_or_study(config_or_study, cache, {"output_dir": out, "dataset.params.root": data, "train.device": device})
     try:
         chosen = parse_levels(levels)
     except SensitivityError as e:

@@ -35,7 +35,7 @@ from .config import StudyConfig, dump_config
 from .data.dataset import FaceDataset
 from .evaluate import fairness as F
 from .evaluate.size import KERNEL_MIN_ELEMENTS
-from .plan import Hooks
+from .plan import Hooks, PlannedRun
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 INT8_LEVEL = 8.0  # the level an int8 row is stored at (bits)
@@ -147,33 +147,18 @@ def run_sensitivity(cfg: StudyConfig, levels: Sequence[float] = DEFAULT_LEVELS, 
                     progress: Progress | None = None) -> Scan:
     """Scan the study's first baseline (training the study's baselines first when it has none) and
     store the scan; see the module docstring."""
-    from .atomic import write_text_atomic
     from .binding import binding_for, check_binding, test_rows
-    from .compress.layerwise import first_baseline
     from .data.identity import file_sha256
     from .data.registry import default_cache_dir, identify, load_identified
     from .store import ResultStore
-    from .study import run_study, study_lock
+    from .study import study_lock
     from .train import load_checkpoint, require_device, resolve_device
 
     hooks = hooks or Hooks()
-    if cfg.models is not None:
-        raise SensitivityError(f"{cfg.name}: a models grid is scanned one study at a time (StudyConfig.studies())")
-    if split not in SPLITS:
-        raise SensitivityError(f"--split {split!r}: one of {', '.join(SPLITS)}")
-    if cfg.baseline.source == "onnx":
-        raise SensitivityError("baseline.onnx gives only an exported file: a layer-wise scan compresses the PyTorch model's "
-                               "layers one at a time, so it needs a trained model or baseline.weights")
+    _check_scannable(cfg, split)
     require_device(cfg.train.device)
     out = Path(cfg.output_dir)
-    base = first_baseline(cfg)
-    if _status(out, base.run_id) != "finished":
-        hooks.note(f"the study has no finished first baseline (seed {base.seed}): running its baselines first (no recipes)")
-        run_study(cfg.model_copy(update={"recipes": []}), hooks)
-        write_text_atomic(out / "config.yaml", dump_config(cfg))  # the study's config, not the baselines-only one
-        if _status(out, base.run_id) != "finished":
-            raise SensitivityError(f"the study's first baseline (seed {base.seed}, run {base.run_id}) did not finish: "
-                                   f"{_error(out, base.run_id)}")
+    base = _trained_first_baseline(cfg, hooks)
     cache = default_cache_dir() if cfg.dataset.cache else None
     ident = identify(cfg.dataset.name, cfg.dataset.params, memo=cache / "digests.json" if cache else None)
     data = load_identified(ident, cache)
@@ -206,6 +191,33 @@ def run_sensitivity(cfg: StudyConfig, levels: Sequence[float] = DEFAULT_LEVELS, 
     finally:
         store.close()
     return Scan(base.run_id, split, rows, len(data.indices(split)), seconds, notes)
+
+
+def _check_scannable(cfg: StudyConfig, split: str) -> None:
+    if cfg.models is not None:
+        raise SensitivityError(f"{cfg.name}: a models grid is scanned one study at a time (StudyConfig.studies())")
+    if split not in SPLITS:
+        raise SensitivityError(f"--split {split!r}: one of {', '.join(SPLITS)}")
+    if cfg.baseline.source == "onnx":
+        raise SensitivityError("baseline.onnx gives only an exported file: a layer-wise scan compresses the PyTorch model's "
+                               "layers one at a time, so it needs a trained model or baseline.weights")
+
+
+def _trained_first_baseline(cfg: StudyConfig, hooks: Hooks) -> PlannedRun:
+    """The study's first baseline, trained first (the study's baselines, no recipes) when it is not finished."""
+    from .atomic import write_text_atomic
+    from .compress.layerwise import first_baseline
+    from .study import run_study
+
+    out, base = Path(cfg.output_dir), first_baseline(cfg)
+    if _status(out, base.run_id) != "finished":
+        hooks.note(f"the study has no finished first baseline (seed {base.seed}): running its baselines first (no recipes)")
+        run_study(cfg.model_copy(update={"recipes": []}), hooks)
+        write_text_atomic(out / "config.yaml", dump_config(cfg))  # the study's config, not the baselines-only one
+        if _status(out, base.run_id) != "finished":
+            raise SensitivityError(f"the study's first baseline (seed {base.seed}, run {base.run_id}) did not finish: "
+                                   f"{_error(out, base.run_id)}")
+    return base
 
 
 def _status(out: Path, run_id: str) -> str | None:
