@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import BENCH_DIR, PrintHooks  # noqa: E402
 
 from faircompress.config import load_config  # noqa: E402
+from faircompress.plan import plan  # noqa: E402
 from faircompress.report.analysis import gap_table  # noqa: E402
 from faircompress.report.results import load_results  # noqa: E402
 from faircompress.sensitivity import run_sensitivity  # noqa: E402
@@ -88,7 +89,9 @@ def main() -> None:
     attrs = list(dict.fromkeys(gaps.attribute))
     print(f"\n{'variant':<44} {'s to make':>9} {'size MB':>8} {'x size':>7} {'accuracy':>8} {'change':>7}  "
           + "  ".join(f"{'gap change ' + a + ' (pp)':>30}" for a in attrs))
-    for variant, row in table.iterrows():
+    # this grid's variants (those made here, and those a reused study had made already), not a reused study's others
+    planned = {r.recipe.label for r in plan(cfg) if r.recipe is not None} | set(runs[runs.study == cfg.name].variant.dropna())
+    for variant, row in table[table.index.isin(planned)].iterrows():
         cells = []
         for a in attrs:
             g = gaps[(gaps.variant == variant) & (gaps.attribute == a)]
