@@ -137,3 +137,5 @@ def test_a_models_grid_runs_one_study_per_model_and_compares_them_side_by_side(t
     changes = pd.read_csv(out / "tables" / "compare-accuracy_change.csv")
     assert sorted(changes.study) == ["grid-pca_mlp-hidden=4", "grid-pca_mlp-hidden=8"]
     assert set(changes.variant) == {"prune 50% [epochs=1]"}
+    shown = CliRunner().invoke(app, ["show", str(out)])  # the grid's folder is not a study: it says where they are
+    assert shown.exit_code == 2 and "models grid" in shown.output and "pca_mlp-hidden=4, pca_mlp-hidden=8" in shown.output

@@ -204,7 +204,10 @@ class ResultStore:
     def open_existing(cls, study_dir: str | Path) -> "ResultStore":
         path = Path(study_dir) / cls.FILENAME
         if not path.is_file():
-            raise StoreError(f"{study_dir}: no results store here (expected {path})")
+            studies = sorted(d.name for d in Path(study_dir).glob("*") if (d / cls.FILENAME).is_file())
+            grid = (f"; it holds a models grid (grid.yaml): each model's study is a folder of it ({', '.join(studies)}), "
+                    "and compare.html puts them side by side") if (Path(study_dir) / "grid.yaml").is_file() and studies else ""
+            raise StoreError(f"{study_dir}: no results store here (expected {path}){grid}")
         return cls(study_dir)
 
     def close(self) -> None:
