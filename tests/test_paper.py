@@ -37,6 +37,10 @@ def test_recipes_get_the_papers_names(recipe, row, stem):
     [{"prune": {"sparsity": 0.125}}],                  # not a whole percent
     [{"prune": {"sparsity": 0.5}}, {"cluster": {"clusters": 8}}],
     [{"distill": {}}],
+    [{"prune": {"sparsity": 0.5, "method": "random"}}],     # the paper pruned by magnitude
+    [{"prune": {"sparsity": 0.5, "method": "percentile"}}],
+    [{"prune": {"sparsity": 0.5, "scope": "global"}}],      # ... each kernel on its own
+    [{"cluster": {"clusters": 8, "skip": ["first"]}}],     # ... and clustered every kernel
 ])
 def test_other_recipes_have_no_paper_name(recipe):
     assert paper_variant(recipe) is None

@@ -75,11 +75,14 @@ def paper_variant(recipe: list[dict]) -> PaperVariant | None:
     if len(head) != 1:
         return None
     if head[0] == "prune":
-        if not isinstance(params[0].get("sparsity"), (int, float)):  # per-layer sparsities: not one of the paper's
-            return None
+        if (not isinstance(params[0].get("sparsity"), (int, float))  # per-layer sparsities: not one of the paper's
+                or params[0].get("method", "magnitude") != "magnitude" or params[0].get("scope", "per_tensor") != "per_tensor"):
+            return None  # the paper pruned each kernel by magnitude (tfmot's default)
         sparsity = 100 * float(params[0]["sparsity"])
         return PaperVariant("pruned", int(round(sparsity)), quantised) if np.isclose(sparsity, round(sparsity)) else None
     if head[0] == "cluster":
+        if params[0].get("skip"):  # the paper clustered every kernel
+            return None
         return PaperVariant("clustered", int(params[0]["clusters"]), quantised)
     return None
 
