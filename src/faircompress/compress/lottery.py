@@ -39,7 +39,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .pruning import FixedMaskPruner, percentile_masks, prunable
+from .pruning import FixedMaskPruner, percentile_masks, prunable, random_masks_counted
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 CONTROLS = ("none", "random_mask", "random_init")
@@ -49,15 +49,8 @@ def random_masks_like(weights: dict[str, torch.Tensor], masks: dict[str, torch.T
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks pruning, in each tensor, as many of its non-zero entries as ``masks`` prunes, chosen
     uniformly at random among them; its zeros stay pruned (as percentile's masks keep them)."""
-    out = {}
-    for k, w in weights.items():
-        alive = (w.detach() != 0).flatten().cpu()
-        n_prune = int((alive & ~masks[k].flatten().cpu()).sum())
-        where = torch.nonzero(alive).flatten()
-        keep = alive.clone()
-        keep[where[torch.randperm(len(where), generator=generator)[:n_prune]]] = False
-        out[k] = keep.view_as(w).to(w.device)
-    return out
+    counts = {k: int(((w.detach() != 0) & ~masks[k]).sum()) for k, w in weights.items()}
+    return random_masks_counted(weights, counts, generator, among_nonzero=True)
 
 
 def reset_keys(model: nn.Module) -> list[str]:

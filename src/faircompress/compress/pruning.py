@@ -83,11 +83,20 @@ def random_masks(weights: dict[str, torch.Tensor], sparsity: Sparsity, scope: st
     """Keep-masks dropping, in each tensor, as many entries as `magnitude_masks` would (per tensor, or
     the global ranking's per-tensor counts), chosen uniformly at random."""
     counts = {k: int((~m).sum()) for k, m in magnitude_masks(weights, sparsity, scope).items()}
+    return random_masks_counted(weights, counts, generator)
+
+
+def random_masks_counted(weights: dict[str, torch.Tensor], counts: dict[str, int], generator: torch.Generator | None = None,
+                         among_nonzero: bool = False) -> dict[str, torch.Tensor]:
+    """Keep-masks dropping ``counts[name]`` entries of each tensor, chosen uniformly at random (with
+    ``among_nonzero``, among its non-zero entries only, and its zeros dropped too)."""
     out = {}
     for k, w in weights.items():
-        keep = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
-        keep[torch.randperm(w.numel(), generator=generator)[: counts[k]].to(w.device)] = False
-        out[k] = keep.view_as(w)
+        alive = (w.detach() != 0).flatten().cpu() if among_nonzero else torch.ones(w.numel(), dtype=torch.bool)
+        where = torch.nonzero(alive).flatten()
+        keep = alive.clone()
+        keep[where[torch.randperm(len(where), generator=generator)[: counts[k]]]] = False
+        out[k] = keep.view_as(w).to(w.device)
     return out
 
 
