@@ -96,17 +96,10 @@ def _compare_grid(cfg, studies) -> None:
     """A models grid: its config in output_dir/grid.yaml, and its studies side by side in output_dir/compare.html."""
     from .atomic import write_text_atomic
     from .config import dump_config
-    from .report.compare import CompareError, write_comparison
-    from .report.results import NothingToAnalyse
 
     out = Path(cfg.output_dir)
     write_text_atomic(out / "grid.yaml", dump_config(cfg))
-    try:
-        with console.status("compare ...") as status:
-            page = write_comparison([Path(s.output_dir) for s in studies], out, n_boot=1000,
-                                    say=lambda msg: status.update(f"compare: {msg} ..."))
-    except (StoreError, EnvironmentFault, CompareError, NothingToAnalyse) as e:
-        _fail_on(e)
+    page = _write_comparison([Path(s.output_dir) for s in studies], out, 1000)
     console.print(f"models side by side: {page}  (the first, {studies[0].name}, is the one the others are compared with)",
                   highlight=False, soft_wrap=True)
 
@@ -155,15 +148,21 @@ def compare(
 ) -> None:
     """Compare studies (e.g. one per dataset) on the variants and attributes they share: robustness,
     gap changes, weight spread; what one study lacks is listed, not compared."""
+    page = _write_comparison(study_dirs, out, bootstrap)
+    console.print(f"comparison: {page}  (tables in {out / 'tables'})", highlight=False, soft_wrap=True)
+
+
+def _write_comparison(study_dirs: list[Path], out: Path, n_boot: int) -> Path:
+    """compare.html of the studies, with progress; a study that cannot be compared ends the command."""
     from .report.compare import CompareError, write_comparison
     from .report.results import NothingToAnalyse
 
     try:
         with console.status("compare ...") as status:
-            page = write_comparison(study_dirs, out, n_boot=bootstrap, say=lambda msg: status.update(f"compare: {msg} ..."))
+            return write_comparison(study_dirs, out, n_boot=n_boot, say=lambda msg: status.update(f"compare: {msg} ..."))
     except (StoreError, EnvironmentFault, CompareError, NothingToAnalyse) as e:
         _fail_on(e)
-    console.print(f"comparison: {page}  (tables in {out / 'tables'})", highlight=False, soft_wrap=True)
+        raise  # _fail_on exits
 
 
 @app.command()
