@@ -275,3 +275,124 @@ def test_initial_model_is_the_baselines_start_and_from_scratch_the_same_architec
     scratch = initial_model(cfg, 5, shape, from_scratch=True)
     assert {k: v.shape for k, v in scratch.state_dict().items()} == {k: v.shape for k, v in a.state_dict().items()}  # 7x7 stem kept
     assert not torch.equal(scratch.layer1[0].conv1.weight, a.layer1[0].conv1.weight)
+
+
+# ----------------------------------------------------------------------------- Frankle & Carbin's iterative form
+
+def _earlier(tiny, made: list):
+    """A context's ``earlier``: the step applied to the trained model in a context of its own (as a
+    study makes the round before), recursively; ``made`` lists the rounds made."""
+    def earlier(step):
+        model, ctx = _trained(), _ctx(tiny, {}, epochs=1)
+        ctx.earlier = _earlier(tiny, made)
+        step.apply(model, ctx)
+        made.append(step.params.rounds)
+        return model, ctx.details
+    return earlier
+
+
+def test_round_two_prunes_the_round_one_ticket_again_and_resets_its_survivors(tiny):
+    made: list[int] = []
+    round1, _ = _earlier(tiny, made)(_step(sparsity=0.5, epochs=1, scope="global"))
+    masks = percentile_masks(prunable(round1), 0.5, "global")  # round 2's mask: half of what round 1 left
+    assert all((~masks[k][w == 0]).all() for k, w in prunable(round1).items())  # round 1's zeros stay pruned
+    model, seen = _trained(), {}
+    ctx = _ctx(tiny, seen, epochs=1)
+    ctx.earlier, made[:] = _earlier(tiny, made), []
+    step = _step(sparsity=0.5, epochs=1, scope="global", rounds=2)
+    step.apply(model, ctx)
+    assert made == [1]  # round 2 asked for round 1 (no control), which was made once
+    init = _net(0).state_dict()
+    for k, keep in masks.items():  # the defining property, at round 2
+        assert torch.equal(seen["before"][k][keep], init[k][keep]) and (seen["before"][k][~keep] == 0).all(), k
+    rec = ctx.details["ticket"]
+    total = sum(m.numel() for m in masks.values())
+    assert rec["pruned_share"] == sum(int((~m).sum()) for m in masks.values()) / total
+    alive = total - 240  # the trained model's zeros (an earlier step's) do not count
+    for _ in range(2):
+        alive -= round(0.5 * alive)
+    assert rec["pruned_share"] == (total - alive) / total and step.level_value() == 0.75 and rec["rounds"] == 2
+    assert rec["unpruned_test_acc"] == made_round1_unpruned(tiny)  # the dense model's, as round 1 measured it
+
+
+def made_round1_unpruned(tiny) -> float:
+    ctx = _ctx(tiny, {}, epochs=1)
+    return ctx.accuracy(_trained(), "test")
+
+
+def test_round_two_controls_branch_off_the_tickets_chain(tiny):
+    round1, _ = _earlier(tiny, [])(_step(sparsity=0.5, epochs=1))
+    ticket = percentile_masks(prunable(round1), 0.5)
+    model, seen = _trained(), {}
+    ctx = _ctx(tiny, seen, epochs=1)
+    ctx.earlier = _earlier(tiny, [])
+    _step(sparsity=0.5, epochs=1, rounds=2, control="random_mask").apply(model, ctx)
+    regrown = 0
+    for k, keep in ticket.items():
+        alive = seen["before"][k] != 0
+        assert int(alive.sum()) == int(keep.sum()), k  # round 2's count per kernel
+        regrown += int((alive & (prunable(round1)[k] == 0)).sum())
+    assert regrown > 0  # drawn among all the weights, not only round 1's survivors
+    model, seen = _trained(), {}
+    ctx = _ctx(tiny, seen, epochs=1)
+    ctx.earlier = _earlier(tiny, [])
+    _step(sparsity=0.5, epochs=1, rounds=2, control="random_init").apply(model, ctx)
+    for k, keep in ticket.items():
+        assert torch.equal(seen["before"][k] != 0, keep & (_net(derived_seed(1000, "ticket random_init")).state_dict()[k] != 0)), k
+
+
+def test_rewinding_resets_to_the_replayed_early_weights_and_says_when_the_replay_differs(tiny):
+    early = _trained(seed=5)  # stands for the baseline after epoch 1
+    notes: list[str] = []
+    model, seen = _trained(), {}
+    ctx = _ctx(tiny, seen, epochs=1)
+    ctx.note = notes.append
+    ctx.rewind = lambda epoch: (early, {"epoch": epoch, "replay_matches_baseline": False})
+    masks = percentile_masks(prunable(_trained()), 0.5)
+    _step(sparsity=0.5, epochs=1, rewind_epoch=1).apply(model, ctx)
+    for k, keep in masks.items():
+        assert torch.equal(seen["before"][k][keep], early.state_dict()[k][keep]), k
+    assert torch.equal(seen["before"]["bn.running_mean"], early.bn.running_mean)
+    assert ctx.details["ticket"]["rewind"]["epoch"] == 1 and any("does not reproduce" in n for n in notes)
+    with pytest.raises(ValueError, match="TuneContext.earlier"):
+        _step(sparsity=0.5, epochs=1, rounds=2).apply(_trained(), _ctx(tiny, {}))
+
+
+def test_iterative_recipes_keep_one_round_ids_and_name_their_level():
+    one = parse_recipe([{"ticket": {"sparsity": 0.2}}])
+    assert one.to_config() == [{"ticket": {"sparsity": 0.2, "control": "none", "epochs": None, "scope": "per_tensor"}}]
+    three = parse_recipe([{"ticket": {"sparsity": 0.2, "rounds": 3, "scope": "global", "rewind_epoch": 1}}])
+    assert three.label == "ticket 48.8% (3 rounds of 20%) global rewind 1" and abs(three.level - 0.488) < 1e-9
+    assert three.technique == "ticket"
+
+
+def test_a_tiny_study_makes_each_round_once_and_replays_the_baseline_exactly(tiny_overrides, monkeypatch):
+    """Round 2 alone makes round 1 on the way (and keeps it); adding round 1 as a variant reuses it;
+    the rewind point is a replay whose per-epoch figures equal the baseline's (CPU, fp32)."""
+    import faircompress.variants as variants_mod
+    from faircompress.study import run_study
+
+    fits: list[int] = []
+    real = variants_mod.fit
+    monkeypatch.setattr(variants_mod, "fit", lambda model, data, cfg, *a, **kw: fits.append(cfg.epochs) or real(model, data, cfg, *a, **kw))
+    ticket = {"sparsity": 0.5, "scope": "global", "epochs": 1, "rewind_epoch": 1}
+    over = {**tiny_overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "evaluation.latency": False, "repeats": 1}
+    run_study(load_config(None, {**over, "recipes": [[{"ticket": {**ticket, "rounds": 2}}]]}))
+    assert fits == [1, 1, 1, 1]  # round 1 (replay, retraining), then round 2 (replay, retraining)
+    run_study(load_config(None, {**over, "recipes": [[{"ticket": ticket}], [{"ticket": {**ticket, "rounds": 2}}]]}))
+    assert len(fits) == 4  # round 1 was kept: its variant only exports and measures it
+    from faircompress.report.lottery import ticket_sparsity_curves, ticket_table
+    from faircompress.report.results import load_results
+
+    store = ResultStore.open_existing(Path(over["output_dir"]))
+    runs, res = store.runs(), load_results(store)
+    store.close()
+    table = ticket_table(res)
+    assert list(table.rounds) == [1, 2] and list(table.rewind_epoch) == [1, 1] and table.pruned_share.iloc[1] > 0.74
+    assert ticket_sparsity_curves(res, Path(over["output_dir"]) / "figures").exists()
+    assert (runs.status == "finished").all()
+    recs = {r.level: json.loads(r.details_json)["steps"]["ticket"] for r in runs[runs.technique == "ticket"].itertuples()}
+    assert set(recs) == {0.5, 0.75}
+    assert all(rec["rewind"]["replay_matches_baseline"] for rec in recs.values())
+    assert recs[0.75]["unpruned_test_acc"] == recs[0.5]["unpruned_test_acc"] and recs[0.75]["rounds"] == 2
+    assert abs(recs[0.75]["pruned_share"] - 0.75) < 0.01

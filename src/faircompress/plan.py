@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from .compress.recipes import Recipe, parse_recipe
+from .compress.recipes import Recipe, TrainStep, parse_recipe
 
 if TYPE_CHECKING:
     from .config import EvaluationConfig, StudyConfig
@@ -71,9 +71,15 @@ class PlannedRun:
         """Identity of the fine-tuned PyTorch model this variant exports: recipes that share their
         training steps (e.g. prune 50 % and prune 50 % + int8) share it, so it is trained once."""
         assert self.recipe is not None, "baselines have no prefix"
-        if not self.recipe.train_steps:
+        return self.prefix_of(self.recipe.train_steps)
+
+    def prefix_of(self, steps: tuple[TrainStep, ...]) -> str:
+        """Identity of the model ``steps`` make of this run's baseline under this run's repeat (its
+        baseline's id when there are none): a later round of an iterative technique finds the model
+        of the round before under it."""
+        if not steps:
             return self.baseline_id or ""
-        return identity_hash({"baseline": self.baseline_id, "steps": self.recipe.key(self.recipe.train_steps), "repeat": self.repeat})
+        return identity_hash({"baseline": self.baseline_id, "steps": Recipe(tuple(steps)).key(), "repeat": self.repeat})
 
     def columns(self) -> dict[str, Any]:
         """The typed identity the store keeps as columns (see `store.IDENTITY_COLUMNS`)."""

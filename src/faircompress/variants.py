@@ -13,7 +13,7 @@ import torch
 
 from .baseline import initial_model
 from .compress.export import export_onnx
-from .compress.recipes import Recipe, TuneContext
+from .compress.recipes import Recipe, TrainStep, TuneContext
 from .config import EvaluationConfig, StudyConfig
 from .data.dataset import FaceDataset
 from .evaluate.memory import measure_memory
@@ -22,7 +22,7 @@ from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, sessi
 from .evaluate.size import onnx_size_report
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, checkpoint_metadata, fit, load_checkpoint, predict, save_checkpoint
+from .train import FitResult, checkpoint_metadata, fit, fit_to_training, load_checkpoint, predict, save_checkpoint
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -57,42 +57,51 @@ def _fine_tuned_model(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out:
     steps. None with a given ONNX file: its recipes have no training steps and start from the file."""
     if cfg.baseline.source == "onnx":
         return None, [], {}
+    assert run.recipe is not None
+    return _trained_by(cfg, run, data, out, hooks, run.recipe.train_steps)
+
+
+def _trained_by(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks,
+                steps: tuple[TrainStep, ...]) -> tuple[torch.nn.Module, list[FitResult], dict]:
+    """The run's baseline with ``steps`` applied (loaded when a run of the study made it before, else
+    made and saved under `PlannedRun.prefix_of`): the model, its fits and what its steps recorded."""
     model = cfg.model.build(data.input_shape)
     baseline = out / "runs" / str(run.baseline_id) / "model.safetensors"
     if not baseline.exists():
         raise FileNotFoundError(f"baseline checkpoint {baseline} is missing (did its training fail?)")
-    recipe = run.recipe
-    assert recipe is not None
-    if not recipe.train_steps:
+    if not steps:
         load_checkpoint(model, baseline)
         return model, [], {}
-    ckpt = out / "models" / run.prefix_id / "model.safetensors"
-    shape = (data.channels, *data.image_size)
+    ckpt = out / "models" / run.prefix_of(steps) / "model.safetensors"
     if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
-        return _saved_fine_tuned(model, recipe, ckpt, shape)
+        return _saved_fine_tuned(model, steps, ckpt, (data.channels, *data.image_size))
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
-    ctx = _tune_context(cfg, run, data, hooks, fits)
+    ctx = _tune_context(cfg, run, data, hooks, fits, baseline)
     torch.manual_seed(run.tune_seed)
-    for step in recipe.train_steps:
+    for i, step in enumerate(steps):
+        ctx.earlier = lambda instead, i=i: _trained_by(cfg, run, data, out, hooks, (*steps[:i], instead))[::2]
         step.apply(model, ctx)
     meta = {"fits": "\n".join(f.to_json() for f in fits), "steps": json.dumps(ctx.details)}
     save_checkpoint(model, ckpt, meta | ({"records": json.dumps(ctx.records)} if ctx.records else {}))
     return model, fits, ctx.details
 
 
-def _saved_fine_tuned(model: torch.nn.Module, recipe: Recipe, ckpt: Path, shape: tuple[int, ...]) -> tuple[torch.nn.Module, list[FitResult], dict]:
+def _saved_fine_tuned(model: torch.nn.Module, steps: tuple[TrainStep, ...], ckpt: Path,
+                      shape: tuple[int, ...]) -> tuple[torch.nn.Module, list[FitResult], dict]:
     """A fine-tuned model saved earlier, its fits and its steps' details."""
     meta = checkpoint_metadata(ckpt)
     records = json.loads(meta.get("records", "{}"))
-    for step in recipe.train_steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
+    for step in steps:  # e.g. prune_channels: the shrunk architecture, before its weights load
         step.rebuild(model, records.get(step.name), shape)
     load_checkpoint(model, ckpt)
     return model, [FitResult.from_json(f) for f in meta.get("fits", "").split("\n") if f], json.loads(meta.get("steps", "{}"))
 
 
-def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: Hooks, fits: list[FitResult]) -> TuneContext:
-    """What the recipe's training steps get; each fine-tuning's result is appended to ``fits``."""
+def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: Hooks, fits: list[FitResult],
+                  baseline: Path) -> TuneContext:
+    """What the recipe's training steps get; each fine-tuning's result is appended to ``fits``.
+    ``baseline``: the run's baseline checkpoint."""
     def fine_tune(m, epochs, after_step, on_epoch=None):
         def epoch_done(log):
             hooks.epoch(log)
@@ -107,10 +116,38 @@ def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: H
     def initial(seed: int | None = None) -> torch.nn.Module:  # the baseline's own initial model; with a seed, one from scratch
         return initial_model(cfg, run.seed if seed is None else seed, data.input_shape, from_scratch=seed is not None)
 
+    trains = cfg.baseline.source == "train"
     return TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
                        note=hooks.note, input_shape=(data.channels, *data.image_size),
-                       initial_model=initial if cfg.baseline.source == "train" else None,
-                       accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs)
+                       initial_model=initial if trains else None,
+                       accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs,
+                       rewind=(lambda epoch: replay_baseline(cfg, run, data, epoch, baseline, hooks)) if trains else None)
+
+
+def replay_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, epoch: int, baseline: Path,
+                    hooks: Hooks) -> tuple[torch.nn.Module, dict]:
+    """The run's baseline after ``epoch`` epochs of its training, replayed: its initial model, fitted
+    to the training images as it was, trained with its recipe and seed, and taken at the end of that
+    epoch. With the record of the replay: its per-epoch figures and whether they equal the ones the
+    baseline's checkpoint recorded (training that is deterministic on this machine reproduces them)."""
+    model = initial_model(cfg, run.seed, data.input_shape)
+    fit_to_training(model, data, cfg.train.selection)
+    at: dict[str, torch.Tensor] = {}
+
+    def keep(log) -> None:
+        hooks.epoch(log)
+        if log.epoch == epoch:
+            at.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    res = fit(model, data, cfg.train.model_copy(update={"epochs": epoch}), run.seed, on_batch=hooks.batch, on_epoch=keep)
+    model.load_state_dict(at)
+    meta = checkpoint_metadata(baseline)
+    recorded = FitResult.from_json(meta["fit"]).history[:epoch] if "fit" in meta else []
+    figures = lambda h: (h.train_loss, h.train_acc, h.sel_loss, h.sel_acc)  # noqa: E731
+    same = len(recorded) == epoch and all(figures(a) == figures(b) for a, b in zip(res.history, recorded))
+    return model, {"epoch": epoch, "replay_matches_baseline": same,
+                   "replay": [{"epoch": h.epoch, "train_loss": h.train_loss, "sel_acc": h.sel_acc} for h in res.history],
+                   "baseline": [{"epoch": h.epoch, "train_loss": h.train_loss, "sel_acc": h.sel_acc} for h in recorded]}
 
 
 def split_accuracy(model: torch.nn.Module, data: FaceDataset, split: str, batch_size: int = 256) -> float:

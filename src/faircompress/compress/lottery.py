@@ -23,12 +23,28 @@ retrained the same way (Dixit et al.'s control); ``random_init`` keeps the ticke
 survivors to a fresh random initialisation (the architecture built from scratch, without a weights file,
 under a seed drawn from the run's tuning seed: Frankle & Carbin's control).
 
-What is recorded (the run's details, ``steps.ticket``): the unpruned model's test accuracy, the
-mask's per-kernel counts, what the weights were reset to, and per retraining epoch the training and
-selection (validation) accuracy and the TEST accuracy the papers plot; the best test accuracy and its
-epoch, the selected epoch and its test accuracy, and the first epoch whose test accuracy reaches the
-unpruned model's (None when none does). Frankle & Carbin's iterative form (several rounds, rewinding
-to an early training iteration) is not implemented.
+Frankle & Carbin's iterative form (``rounds: k``, usually with ``scope: global``): each round prunes
+``sparsity`` of the weights still non-zero, resets the survivors and retrains, so after k rounds
+1 - (1 - sparsity)^k are pruned (the variant's level). The variant with ``rounds: k`` is round k: it
+takes the ticket of round k - 1 (the same parameters, ``rounds: k - 1``, no control; a study makes it
+once, as its own variant or for this one, and keeps it), prunes it by percentile again (its zeros stay
+pruned), resets and retrains. So one recipe per round (rounds 1..k) gives accuracy and fairness against
+sparsity, each round measured like any variant. Controls branch off the ticket's chain at each round:
+``random_init`` takes round k's mask; ``random_mask`` prunes, per kernel, as many weights as round k's
+mask does in all, drawn among all its weights (round 1: among the non-zero ones, as above).
+``rewind_epoch: e`` resets to the baseline's weights after e epochs of its training instead of its
+initial ones (Frankle et al. 2019's late resetting; 0, the default, is the original ticket). The study
+keeps no copy of the baseline's early weights, so the step replays them: the baseline's initial model,
+fitted to the training images as it was, trained e epochs with its recipe and seed. The record says
+whether the replay's per-epoch loss and accuracies equal the ones the baseline recorded (they do where
+training is deterministic, as on a CPU in fp32); where they do not, a note says the rewind point is the
+replay's. ``random_init`` still resets to a fresh initialisation.
+
+What is recorded (the run's details, ``steps.ticket``): the unpruned model's test accuracy (round 1's,
+for every round), the mask's per-kernel counts, what the weights were reset to, and per retraining
+epoch the training and selection (validation) accuracy and the TEST accuracy the papers plot; the best
+test accuracy and its epoch, the selected epoch and its test accuracy, and the first epoch whose test
+accuracy reaches the unpruned model's (None when none does).
 """
 from __future__ import annotations
 
@@ -46,11 +62,15 @@ CONTROLS = ("none", "random_mask", "random_init")
 
 
 def random_masks_like(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      generator: torch.Generator | None = None, among_nonzero: bool = True) -> dict[str, torch.Tensor]:
     """Keep-masks pruning, in each tensor, as many of its non-zero entries as ``masks`` prunes, chosen
-    uniformly at random among them; its zeros stay pruned (as percentile's masks keep them)."""
-    counts = {k: int(((w.detach() != 0) & ~masks[k]).sum()) for k, w in weights.items()}
-    return random_masks_counted(weights, counts, generator, among_nonzero=True)
+    uniformly at random among them; its zeros stay pruned (as percentile's masks keep them).
+    ``among_nonzero=False``: as many entries as ``masks`` prunes in all, drawn among all entries."""
+    if among_nonzero:
+        counts = {k: int(((w.detach() != 0) & ~masks[k]).sum()) for k, w in weights.items()}
+    else:
+        counts = {k: int((~masks[k]).sum()) for k in weights}
+    return random_masks_counted(weights, counts, generator, among_nonzero=among_nonzero)
 
 
 def reset_keys(model: nn.Module) -> list[str]:
@@ -97,15 +117,25 @@ def first_reaching(accuracies: list[float | None], target: float) -> int | None:
     return next((i + 1 for i, a in enumerate(accuracies) if a is not None and a >= target), None)
 
 
+def overall_sparsity(per_round: float, rounds: int) -> float:
+    """The share pruned after ``rounds`` rounds that each prune ``per_round`` of what is left (rounded
+    to 12 places, so that one round's is its sparsity exactly)."""
+    return round(1.0 - (1.0 - per_round) ** rounds, 12)
+
+
 # ----------------------------------------------------------------------------- recipe step
 
 class TicketParams(StepParams):
-    sparsity: float = Field(..., gt=0, lt=1, description="share of each kernel's non-zero weights pruned (percentile)")
+    sparsity: float = Field(..., gt=0, lt=1, description="share of each kernel's non-zero weights pruned (percentile), per round")
     control: Literal["none", "random_mask", "random_init"] = Field(
         "none", description="random_mask: random pruning with the ticket's per-kernel counts; random_init: the ticket's mask, "
         "survivors reset to a fresh random initialisation")
     epochs: int | None = Field(None, ge=1, description="retraining epochs (null: the baseline's training epochs)")
     scope: Literal["per_tensor", "global"] = Field("per_tensor", description="percentile per kernel (Dixit et al.) or over all kernels")
+    rounds: int = Field(1, ge=1, le=50, description="Frankle & Carbin's iterative form: this variant is the ticket after this many "
+                        "rounds of prune, reset, retrain (each round continues from the ticket of the round before)")
+    rewind_epoch: int = Field(0, ge=0, description="reset survivors to the baseline's weights after this many epochs of its "
+                              "training (0: its initial weights), replayed from its seed")
 
 
 @STEPS.register("ticket")
@@ -113,47 +143,36 @@ class TicketStep(TrainStep):
     name, Params, level = "ticket", TicketParams, "sparsity"
     example = {"sparsity": 0.5, "epochs": 1}
     needs_initial = True  # resets to the baseline's initial weights: only a baseline the study trains has them
+    quiet_defaults = ("rounds", "rewind_epoch")  # added later: recipes without them keep their ids
 
     def technique(self) -> str:
         """'ticket'; each control is its own family ('ticket-random_mask', 'ticket-random_init')."""
         return "ticket" if self.params.control == "none" else f"ticket-{self.params.control}"
 
+    def level_value(self) -> float:
+        """The share of the weights pruned after all rounds: 1 - (1 - sparsity)^rounds."""
+        return overall_sparsity(self.params.sparsity, self.params.rounds)
+
     def short(self) -> str:
         p = self.params
         control = {"none": "", "random_mask": " random mask", "random_init": " random init"}[p.control]
-        return f"ticket {p.sparsity:.0%}{control}" + (" global" if p.scope == "global" else "") + self._extras("sparsity", "control", "scope")
+        level = f"{p.sparsity:.0%}" if p.rounds == 1 else f"{self.level_value():.1%} ({p.rounds} rounds of {p.sparsity:.0%})"
+        return (f"ticket {level}{control}" + (" global" if p.scope == "global" else "")
+                + (f" rewind {p.rewind_epoch}" if p.rewind_epoch else "") + self._extras("sparsity", "control", "scope", "rounds", "rewind_epoch"))
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
-        if ctx.initial_model is None:
-            raise ValueError("ticket resets weights to the baseline's initial ones: this context gives none (TuneContext.initial_model)")
-        epochs = p.epochs if p.epochs is not None else ctx.train_epochs
-        if epochs is None:
-            raise ValueError("ticket: epochs is null (the baseline's training epochs), but this context does not say how many "
-                             "(TuneContext.train_epochs)")
+        epochs = _retraining_epochs(p, ctx)
         test_acc = (lambda m: ctx.accuracy(m, "test")) if ctx.accuracy is not None else None  # noqa: E731
-        unpruned = test_acc(model) if test_acc else None
+        record: dict[str, Any] = {"sparsity": p.sparsity, "control": p.control, "scope": p.scope, "epochs": epochs,
+                                  "rounds": p.rounds, "rewind_epoch": p.rewind_epoch}
+        unpruned = self._continue_chain(model, ctx, record) if p.rounds > 1 else (test_acc(model) if test_acc else None)
         weights = prunable(model)
         masks = percentile_masks(weights, p.sparsity, p.scope)
-        record: dict[str, Any] = {"sparsity": p.sparsity, "control": p.control, "scope": p.scope, "epochs": epochs}
         if p.control == "random_mask":
-            seed = ctx.seed
-            masks = random_masks_like(weights, masks, torch.Generator().manual_seed(seed))
-            record["mask_seed"] = seed
-        if p.control == "random_init":
-            seed = derived_seed(ctx.seed, "ticket random_init")
-            build = lambda: ctx.initial_model(seed)  # noqa: E731
-            record["init_seed"] = seed
-            record["reset_to"] = f"a fresh random initialisation (from scratch, seed {seed})"
-        else:
-            build = ctx.initial_model
-            record["reset_to"] = "the baseline's initial weights (what its training started from)"
-        initial = build()
-        again = same_state(initial, build())
-        if again is not None:
-            raise ValueError(f"ticket: the model's initial weights are not reproducible: two builds from one seed differ "
-                             f"at {again!r} (does the model draw random numbers outside torch's seeded generator?)")
-        record["reset"] = len(reset_to(model, initial))
+            masks = random_masks_like(weights, masks, torch.Generator().manual_seed(ctx.seed), among_nonzero=p.rounds == 1)
+            record["mask_seed"] = ctx.seed
+        record["reset"] = len(reset_to(model, self._reset_point(ctx, record)))
         pruner = FixedMaskPruner(model, masks)
         record["layers"] = {k: {"size": int(m.numel()), "pruned": int((~m).sum())} for k, m in masks.items()}
         total = sum(int(m.numel()) for m in masks.values())
@@ -171,11 +190,62 @@ class TicketStep(TrainStep):
                                 "test_acc": per_epoch[i] if i < len(per_epoch) else None} for i, h in enumerate(history)]
         record |= summarise(per_epoch, unpruned, getattr(res, "best_epoch", None))
         ctx.details[self.name] = record
-        reached = record["reaches_unpruned_epoch"]
+        self._note(ctx, record)
+
+    def _continue_chain(self, model: nn.Module, ctx: TuneContext, record: dict[str, Any]) -> float | None:
+        """Rounds > 1: put the ticket of the round before (no control: controls branch off the ticket's
+        chain) in ``model``; returns the unpruned model's test accuracy, as round 1 measured it."""
+        p = self.params
+        if ctx.earlier is None:
+            raise ValueError("ticket: rounds > 1 continues from the round before, which this context cannot give (TuneContext.earlier)")
+        before = type(self)(p.model_copy(update={"rounds": p.rounds - 1, "control": "none"}))
+        earlier, details = ctx.earlier(before)
+        model.load_state_dict(earlier.state_dict())
+        record["continues_from"] = before.short()
+        return details.get(self.name, {}).get("unpruned_test_acc")
+
+    def _reset_point(self, ctx: TuneContext, record: dict[str, Any]) -> nn.Module:
+        """The model whose weights the survivors are reset to, checked reproducible; ``record`` says which."""
+        p = self.params
+        if ctx.initial_model is None:
+            raise ValueError("ticket resets weights to the baseline's initial ones: this context gives none (TuneContext.initial_model)")
+        if p.control == "random_init":
+            seed = derived_seed(ctx.seed, "ticket random_init")
+            build = lambda: ctx.initial_model(seed)  # noqa: E731
+            record |= {"init_seed": seed, "reset_to": f"a fresh random initialisation (from scratch, seed {seed})"}
+        elif p.rewind_epoch:
+            if ctx.rewind is None:
+                raise ValueError("ticket: rewind_epoch needs the baseline's training replayed, which this context cannot do (TuneContext.rewind)")
+            rewound, replay = ctx.rewind(p.rewind_epoch)
+            record |= {"reset_to": f"the baseline's weights after epoch {p.rewind_epoch} of its training (replayed)", "rewind": replay}
+            if not replay.get("replay_matches_baseline", True):
+                ctx.note(f"{self.short()}: the replay of the baseline's first {p.rewind_epoch} epoch(s) does not reproduce the figures its "
+                         "training recorded (training is not deterministic here): the rewind point is the replay's")
+            return rewound
+        else:
+            build = ctx.initial_model
+            record["reset_to"] = "the baseline's initial weights (what its training started from)"
+        initial = build()
+        again = same_state(initial, build())
+        if again is not None:
+            raise ValueError(f"ticket: the model's initial weights are not reproducible: two builds from one seed differ "
+                             f"at {again!r} (does the model draw random numbers outside torch's seeded generator?)")
+        return initial
+
+    def _note(self, ctx: TuneContext, record: dict[str, Any]) -> None:
+        unpruned, reached = record["unpruned_test_acc"], record["reaches_unpruned_epoch"]
         ctx.note(f"{self.short()}: {record['pruned_share']:.1%} of the kernels' weights pruned, reset to {record['reset_to']}"
                  + (f"; best test accuracy {record['best_test_acc']:.1%} at epoch {record['best_test_epoch']}, unpruned "
                     f"{unpruned:.1%}, " + (f"first reached at epoch {reached}" if reached else "never reached")
-                    if unpruned is not None and per_epoch else ""))
+                    if unpruned is not None and record["per_epoch"] and record["best_test_acc"] is not None else ""))
+
+
+def _retraining_epochs(p: TicketParams, ctx: TuneContext) -> int:
+    epochs = p.epochs if p.epochs is not None else ctx.train_epochs
+    if epochs is None:
+        raise ValueError("ticket: epochs is null (the baseline's training epochs), but this context does not say how many "
+                         "(TuneContext.train_epochs)")
+    return epochs
 
 
 def summarise(test_accs: list[float], unpruned: float | None, selected: int | None) -> dict[str, Any]:

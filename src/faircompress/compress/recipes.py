@@ -134,7 +134,12 @@ class TuneContext:
     ``accuracy(model, split)`` a model's accuracy on a split of the study's data ("val", "test");
     ``train_epochs`` the baseline's training epochs. ``input_shape``, one input's (C, H, W), for
     steps that trace the model. A step that changes the architecture puts what `TrainStep.rebuild`
-    needs (JSON-serialisable) in ``records[its name]``; it is saved with the fine-tuned checkpoint."""
+    needs (JSON-serialisable) in ``records[its name]``; it is saved with the fine-tuned checkpoint.
+    Where the caller has them (a study does): ``earlier(step)`` the model the recipe's training steps
+    before this one and then ``step`` in its place make, and what its steps recorded (a study makes it
+    once and shares it with the runs that have those steps: a later round of an iterative technique
+    continues from the round before); ``rewind(epoch)`` the baseline after that many epochs of its
+    own training (replayed from its initial weights and seed) and a record of the replay."""
 
     fine_tune: Callable[..., Any]
     seed: int
@@ -146,6 +151,8 @@ class TuneContext:
     initial_model: Callable[..., Any] | None = None
     accuracy: Callable[[Any, str], float] | None = None
     train_epochs: int | None = None
+    earlier: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
+    rewind: Callable[[int], tuple[Any, dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from . import figures
 from . import tables as T
 from .data_summary import DATA_SECTIONS, NOT_RECORDED, data_tables, shares_in_percent
 from .faces import face_grid
-from .lottery import lottery_tables, ticket_curves
+from .lottery import lottery_tables, ticket_curves, ticket_sparsity_curves
 from .findings import as_html, findings
 from . import paper as P
 from . import sensitivity as S
@@ -186,7 +186,8 @@ def _figures(res: StudyResults, tables: dict[str, pd.DataFrame], out: Path, stud
         ref, chosen = A.reference(res), _most_changed(res, gaps)
         paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
     grid, why = face_grid(res, out, faces)
-    curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out), ticket_curves(res, out)]
+    curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out), ticket_curves(res, out),
+              ticket_sparsity_curves(res, out)]
     notes.extend([why] if why else [])
     return paths + [p for p in curves if p is not None]
 
@@ -337,7 +338,10 @@ def _lottery_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
                             "new weights). Test accuracy of the pruned, reset network before retraining (start), the best "
                             "over the retraining epochs (mean and std over runs) and its epoch, the epoch selected on the "
                             "selection split, and how many runs reached the unpruned model's test accuracy (first epoch: "
-                            "median over those that did). The figure 'tickets' plots it per epoch.", tables["tickets"].round(4)))
+                            "median over those that did). The figure 'tickets' plots it per epoch. Iterative tickets (Frankle & "
+                            "Carbin): round k prunes the round-k-1 ticket again ('rounds'; 'pruned_share' is the overall "
+                            "sparsity) and resets to the initial weights or, with 'rewind_epoch', the baseline's after "
+                            "that epoch; 'ticket-sparsity' plots them against the weights remaining.", tables["tickets"].round(4)))
     if "distinct_match" in tables:
         out.append(_section("Distinctiveness beside percentile pruning", "Dixit et al.'s matching (their Fig. 1): distinctiveness "
                             "removes units (filters) up to the largest share a layer lost; percentile pruning of weights at "
@@ -418,6 +422,11 @@ CAPTIONS = {
     "tickets": "Lottery tickets (Dixit et al.'s Figs. 2-3): test accuracy per retraining epoch (0: pruned and reset, "
                "before retraining), mean ± std over runs, the ticket beside its controls; dashed: the unpruned model's "
                "test accuracy. A ticket that wins reaches the line within the epochs, sooner than its random-mask control.",
+    "ticket-sparsity": "Iterative lottery tickets (Frankle & Carbin's view): against the weights remaining, the best test "
+                       "accuracy over the retraining epochs (mean ± std over runs; dashed: the unpruned model) and the first "
+                       "epoch reaching the unpruned accuracy (open markers: never reached, the best epoch instead), the "
+                       "ticket beside its controls. A winning ticket stays at the line to lower sparsity than its controls, "
+                       "and reaches it sooner.",
     "fine-tuning-curves": "Each compressed variant's accuracy and loss per fine-tuning epoch (solid: selection split, dashed: "
                           "training), mean ± std over its models: how much of the baseline's accuracy fine-tuning restores.",
 }

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..compress.lottery import overall_sparsity
 from .figures import _plt, save
 from .results import StudyResults, Variant
 
 CONTROL_NAMES = {"none": "ticket (percentile mask, reset)", "random_mask": "control: random mask", "random_init": "control: random init"}
-TICKET_COLUMNS = ["variant", "sparsity", "control", "epochs", "runs", "unpruned_test_acc", "start_test_acc", "best_test_acc",
+TICKET_COLUMNS = ["variant", "sparsity", "rounds", "pruned_share", "rewind_epoch", "control", "epochs", "runs", "unpruned_test_acc", "start_test_acc", "best_test_acc",
                   "best_test_acc_std", "best_test_epoch", "selected_test_acc", "reached_unpruned", "first_epoch_reaching"]
 MATCH_COLUMNS = ["distinct", "similar_below", "complementary_above", "runs", "units_removed_share", "largest_layer_share",
                  "largest_layer", "matched_percentile", "percentile_level", "accuracy_distinct", "accuracy_percentile"]
@@ -41,7 +42,7 @@ def _tickets(res: StudyResults) -> list[tuple[Variant, list[dict]]]:
         if not recs:
             continue
         r = recs[0]
-        key = (r["sparsity"], r["control"], r.get("scope"), r["epochs"])
+        key = (r["sparsity"], r.get("rounds", 1), r.get("rewind_epoch", 0), r["control"], r.get("scope"), r["epochs"])
         if key not in seen or v.technique.count("+") < seen[key][0].technique.count("+"):
             seen[key] = (v, recs)
     return list(seen.values())
@@ -65,7 +66,9 @@ def ticket_table(res: StudyResults) -> pd.DataFrame:
     for v, recs in _tickets(res):
         best = [r["best_test_acc"] for r in recs if r.get("best_test_acc") is not None]
         reached = [r["reaches_unpruned_epoch"] for r in recs if r.get("reaches_unpruned_epoch") is not None]
-        rows.append({"variant": v.label, "sparsity": recs[0]["sparsity"], "control": recs[0]["control"], "epochs": recs[0]["epochs"],
+        rows.append({"variant": v.label, "sparsity": recs[0]["sparsity"], "rounds": recs[0].get("rounds", 1),
+                     "pruned_share": _mean(r.get("pruned_share") for r in recs), "rewind_epoch": recs[0].get("rewind_epoch", 0),
+                     "control": recs[0]["control"], "epochs": recs[0]["epochs"],
                      "runs": len(recs), "unpruned_test_acc": _mean(r.get("unpruned_test_acc") for r in recs),
                      "start_test_acc": _mean(r.get("start_test_acc") for r in recs), "best_test_acc": _mean(best),
                      "best_test_acc_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan"),
@@ -73,7 +76,8 @@ def ticket_table(res: StudyResults) -> pd.DataFrame:
                      "selected_test_acc": _mean(r.get("selected_test_acc") for r in recs),
                      "reached_unpruned": f"{len(reached)} of {len(recs)}",
                      "first_epoch_reaching": float(np.median(reached)) if reached else float("nan")})
-    return pd.DataFrame(rows, columns=TICKET_COLUMNS)
+    table = pd.DataFrame(rows, columns=TICKET_COLUMNS)  # each ticket's and control's rounds together, by sparsity
+    return table.sort_values(["control", "rewind_epoch", "sparsity", "pruned_share"], kind="stable", ignore_index=True)
 
 
 def ticket_curves(res: StudyResults, out: Path) -> Path | None:
@@ -86,25 +90,84 @@ def ticket_curves(res: StudyResults, out: Path) -> Path | None:
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    levels = sorted({recs[0]["sparsity"] for _, recs in tickets})
+    levels = sorted({_level(recs[0]) for _, recs in tickets})
     fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 3.4), squeeze=False, layout="constrained")
     for ax, level in zip(axes[0], levels):
         unpruned = []
-        for v, recs in (t for t in tickets if t[1][0]["sparsity"] == level):
+        for v, recs in (t for t in tickets if _level(t[1][0]) == level):
             curves = pd.DataFrame([{"epoch": e["epoch"], "acc": e["test_acc"], "run": i} for i, r in enumerate(recs)
                                    for e in [{"epoch": 0, "test_acc": r.get("start_test_acc")}, *r["per_epoch"]]
                                    if e.get("test_acc") is not None])
             stats = curves.groupby("epoch").acc.agg(["mean", "std"]).fillna(0.0) * 100
-            name = CONTROL_NAMES.get(recs[0]["control"], recs[0]["control"])
+            name = _series(recs[0])
             line, = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=f"{name} ({len(recs)} run(s))")
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15, color=line.get_color())
             unpruned += [r["unpruned_test_acc"] for r in recs if r.get("unpruned_test_acc") is not None]
         if unpruned:
             ax.axhline(100 * float(np.mean(unpruned)), color="black", ls="--", lw=1, label="unpruned model")
-        ax.set(title=f"tickets at {level:.0%} sparsity", xlabel="retraining epoch", ylabel="test accuracy (%)")
+        ax.set(title=f"tickets at {level:.1%} sparsity", xlabel="retraining epoch", ylabel="test accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     return save(fig, out, "tickets")
+
+
+def _level(rec: dict) -> float:
+    """A ticket's overall sparsity after its rounds (rounded, so that equal levels group)."""
+    return round(overall_sparsity(rec["sparsity"], rec.get("rounds", 1)), 6)
+
+
+def _series(rec: dict) -> str:
+    """The curve a ticket belongs to: the ticket or a control, with its scope and rewind point."""
+    name = CONTROL_NAMES.get(rec["control"], rec["control"])
+    extras = [("global" if rec.get("scope") == "global" else ""), (f"rewind {rec['rewind_epoch']}" if rec.get("rewind_epoch") else "")]
+    return name + "".join(f", {e}" for e in extras if e)
+
+
+def ticket_sparsity_curves(res: StudyResults, out: Path) -> Path | None:
+    """Frankle & Carbin's view of iterative tickets: against the weights remaining (log scale, as
+    theirs), the best test accuracy over the retraining epochs (mean ± std over runs; dashed: the
+    unpruned model's) and the first epoch reaching the unpruned accuracy (median of the runs that
+    did; open marker: the epoch of the best accuracy where none did). One line per ticket and control
+    with at least two levels; None when there is none."""
+    series: dict[str, list[tuple[float, list[dict]]]] = {}
+    for _, recs in _tickets(res):
+        series.setdefault(_series(recs[0]), []).append((_level(recs[0]), recs))
+    series = {k: sorted(v, key=lambda t: t[0]) for k, v in series.items() if len({lvl for lvl, _ in v}) > 1}
+    if not series:
+        return None
+    plt = _plt()
+    fig, (acc_ax, ep_ax) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    unpruned = []
+    for name, points in series.items():
+        remaining = [100 * (1 - lvl) for lvl, _ in points]
+        best = [[r["best_test_acc"] for r in recs if r.get("best_test_acc") is not None] for _, recs in points]
+        mean = np.array([100 * np.mean(b) if b else np.nan for b in best])
+        std = np.array([100 * np.std(b, ddof=1) if len(b) > 1 else 0.0 for b in best])
+        line, = acc_ax.plot(remaining, mean, marker="o", ms=3, label=name)
+        acc_ax.fill_between(remaining, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        reach = [[r["reaches_unpruned_epoch"] for r in recs if r.get("reaches_unpruned_epoch")] for _, recs in points]
+        fallback = [_mean(r.get("best_test_epoch") for r in recs) for _, recs in points]
+        ep_ax.plot(remaining, [np.median(x) if x else np.nan for x in reach], marker="o", ms=4, color=line.get_color(), label=name)
+        ep_ax.plot(remaining, [f if not x else np.nan for x, f in zip(reach, fallback)], ls="none", marker="o", mfc="none",
+                   color=line.get_color())
+        unpruned += [r["unpruned_test_acc"] for _, recs in points for r in recs if r.get("unpruned_test_acc") is not None]
+    if unpruned:
+        acc_ax.axhline(100 * float(np.mean(unpruned)), color="black", ls="--", lw=1, label="unpruned model")
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    ticks = sorted({100 * (1 - lvl) for points in series.values() for lvl, _ in points})
+    for ax in (acc_ax, ep_ax):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%)")
+    ep_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ep_ax.set_ylim(bottom=0)
+    acc_ax.set(ylabel="best test accuracy (%)", title="tickets against sparsity")
+    ep_ax.set(ylabel="retraining epoch", title="first epoch at the unpruned accuracy (open: never; best epoch)")
+    acc_ax.legend(fontsize=7)
+    return save(fig, out, "ticket-sparsity")
 
 
 def distinct_match_table(res: StudyResults) -> pd.DataFrame:
