@@ -25,6 +25,7 @@ def test_tiny_study_runs_shows_and_skips_when_rerun(tmp_path, tiny_overrides):
     assert res.exit_code == 0, res.output
     assert "report:" not in res.output and not (Path(tiny_overrides["output_dir"]) / "report.html").exists()
     assert "accuracy (%) by gender" in res.output and "female" in res.output and "skin_tone" in res.output
+    assert "training precision: fp32 on cpu (as train.precision sets it)" in res.output
     study = Path(tiny_overrides["output_dir"])
     store = ResultStore.open_existing(study)
     runs = store.runs()

@@ -93,6 +93,16 @@ def test_precision_resolution():
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
 
 
+@pytest.mark.parametrize("native, expected", [(True, "training precision: bf16 on cpu (precision auto: this CPU computes bf16 natively"),
+                                              (False, "training precision: fp32 on cpu (precision auto: this CPU has no native bf16")])
+def test_the_precision_note_says_what_auto_chose_and_why(monkeypatch, native, expected):
+    import faircompress.train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_supports_bf16", lambda: native)
+    assert train_mod.precision_note("auto", torch.device("cpu")).startswith(expected)
+    assert train_mod.precision_note("fp32", torch.device("cpu")) == "training precision: fp32 on cpu (as train.precision sets it)"
+
+
 def test_cuda_on_a_machine_without_it_stops_before_the_study_directory_is_made(tmp_path, monkeypatch):
     from faircompress.study import run_study
 

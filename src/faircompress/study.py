@@ -23,6 +23,7 @@ from .data.problems import DatasetError
 from .data.registry import DatasetIdentity, declared_shape, default_cache_dir, identify, load_identified
 from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan, stale_protocol
 from .store import ResultStore, RunResult, StoreError
+from .train import precision_note, resolve_device
 
 __all__ = ["PROTOCOL_VERSION", "Hooks", "PlannedRun", "StudyReport", "plan", "run_study", "study_lock"]
 
@@ -121,6 +122,9 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
     _record_samples(store, ident, data)  # before the early return: a finished study made before counts were kept gets them
     if not todo:
         return report
+    if any((r.kind is RunKind.BASELINE and cfg.baseline.source == "train") or (r.recipe is not None and r.recipe.train_steps)
+           for r in todo):
+        hooks.note(precision_note(cfg.train.precision, resolve_device(cfg.train.device)))
     versions, commit = package_versions(), git_commit()
     for i, run in enumerate(todo):
         hooks.run_started(run, i, len(todo))

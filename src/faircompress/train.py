@@ -63,6 +63,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def precision_note(precision: str, device: torch.device) -> str:
+    """The training precision a config's ``precision`` resolves to on ``device``, and why."""
+    chosen = resolve_precision(precision, device)
+    if precision != "auto":
+        why = "as train.precision sets it"
+    elif device.type == "cuda":
+        why = "precision auto: a CUDA device"
+    elif chosen == "bf16":
+        why = "precision auto: this CPU computes bf16 natively (AMX or AVX-512 BF16)"
+    else:
+        why = "precision auto: this CPU has no native bf16 (on AVX2 it is emulated, slower than fp32)"
+    return f"training precision: {chosen} on {device.type} ({why})"
+
+
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
