@@ -41,6 +41,7 @@ from torch import nn
 
 from .pruning import FixedMaskPruner, percentile_masks, prunable, random_masks_counted
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
+from .retraining import first_reaching, summarise  # noqa: F401  (moved there; imported from here too)
 
 CONTROLS = ("none", "random_mask", "random_init")
 
@@ -90,11 +91,6 @@ def same_state(a: nn.Module, b: nn.Module) -> str | None:
 def derived_seed(seed: int, what: str) -> int:
     """A seed of its own for ``what``, drawn from ``seed`` (never equal to it by construction of the hash)."""
     return int.from_bytes(hashlib.sha256(f"{what}:{seed}".encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def first_reaching(accuracies: list[float | None], target: float) -> int | None:
-    """The first epoch (from 1) whose accuracy is at least ``target``; None when none is."""
-    return next((i + 1 for i, a in enumerate(accuracies) if a is not None and a >= target), None)
 
 
 # ----------------------------------------------------------------------------- recipe step
@@ -176,15 +172,3 @@ class TicketStep(TrainStep):
                  + (f"; best test accuracy {record['best_test_acc']:.1%} at epoch {record['best_test_epoch']}, unpruned "
                     f"{unpruned:.1%}, " + (f"first reached at epoch {reached}" if reached else "never reached")
                     if unpruned is not None and per_epoch else ""))
-
-
-def summarise(test_accs: list[float], unpruned: float | None, selected: int | None) -> dict[str, Any]:
-    """The paper's figures of a retraining: the best test accuracy and its epoch, the selected epoch's
-    test accuracy, and the first epoch reaching the unpruned accuracy."""
-    if not test_accs:
-        return {"best_test_acc": None, "best_test_epoch": None, "selected_epoch": selected, "selected_test_acc": None,
-                "reaches_unpruned_epoch": None}
-    best = max(range(len(test_accs)), key=lambda i: (test_accs[i], -i))
-    return {"best_test_acc": test_accs[best], "best_test_epoch": best + 1, "selected_epoch": selected,
-            "selected_test_acc": test_accs[selected - 1] if selected and selected <= len(test_accs) else None,
-            "reaches_unpruned_epoch": first_reaching(test_accs, unpruned) if unpruned is not None else None}
