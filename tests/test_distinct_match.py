@@ -135,3 +135,35 @@ def test_the_control_is_its_own_family_and_leaves_older_recipes_ids():
     assert (plain.technique, control.technique) == ("distinct", "distinct-percentile") and control.level == 45
     assert control.label == "distinct 45°/165° percentile control [epochs=25]" and plain.key() != control.key()
 
+
+def test_a_tiny_study_sets_distinct_beside_its_exact_control_and_else_the_nearest(tiny_overrides):
+    from faircompress.report.build import write_report
+    from faircompress.report.lottery import distinct_curves, distinct_match_table
+    from faircompress.report.results import load_results
+    from faircompress.store import ResultStore
+    from faircompress.study import run_study
+
+    recipes = [[{"distinct": {"similar_below": 85, "complementary_above": 95, "epochs": 1}}],
+               [{"distinct": {"similar_below": 85, "complementary_above": 95, "epochs": 1, "control": "percentile"}}],
+               [{"distinct": {"similar_below": 80, "complementary_above": 100}}],
+               [{"prune": {"sparsity": 0.5, "method": "percentile", "epochs": 0}}]]
+    cfg = load_config(None, {**tiny_overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": 1,
+                             "evaluation.memory": False, "evaluation.latency": False, "recipes": recipes, "repeats": 1})
+    run_study(cfg)
+    out = Path(cfg.output_dir)
+    store = ResultStore.open_existing(out)
+    runs = store.runs()
+    assert (runs.status == "finished").all(), runs[["status", "error"]]
+    res = load_results(store)
+    table = distinct_match_table(res).set_index("similar_below")
+    exact, nearest = table.loc[85.0], table.loc[80.0]
+    assert exact.match == "exact" and exact.matched_percentile == "distinct 85°/95° percentile control [epochs=1]"
+    assert exact.percentile_level == pytest.approx(exact.largest_layer_share) and exact.reached_unpruned_percentile.endswith("of 1")
+    assert nearest.match == "nearest" and nearest.matched_percentile == "prune 50% percentile [epochs=0]"
+    assert nearest.reached_unpruned_distinct == "—"  # not retrained: nothing recorded per epoch
+    path = distinct_curves(res, out / "figures")
+    assert path is not None and path.exists()
+    store.close()
+    report = write_report(out, n_boot=20, faces=False)
+    assert "distinct_match" in report.tables and (out / "figures" / "distinct_match.png").exists()
+    assert "own control (control: percentile, the same analysis and retraining)" in report.html.read_text()
