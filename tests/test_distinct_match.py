@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY_DATA
@@ -167,3 +168,41 @@ def test_a_tiny_study_sets_distinct_beside_its_exact_control_and_else_the_neares
     report = write_report(out, n_boot=20, faces=False)
     assert "distinct_match" in report.tables and (out / "figures" / "distinct_match.png").exists()
     assert "own control (control: percentile, the same analysis and retraining)" in report.html.read_text()
+
+
+def _two_seed_results():
+    """A hand-made study: distinct at 45° and its control, two runs each, with made-up records."""
+    from faircompress.report.results import StudyResults, Variant
+
+    y = np.array([0, 1, 0, 1])
+    runs, variants, preds = [], [], {}
+    for control, accs, preds_of in (("none", ([0.3, 0.4], [0.2, 0.5]), ([0, 0, 0, 0], [0, 1, 1, 1])),
+                                    ("percentile", ([0.45, 0.5], [0.4, 0.6]), ([0, 1, 0, 1], [0, 1, 0, 0]))):
+        params = {"similar_below": 45.0, "complementary_above": 165.0, "layers": "both", "epochs": 2}
+        params |= {"control": control} if control != "none" else {}
+        ids = []
+        for seed, (per_epoch, pred) in enumerate(zip(accs, preds_of)):
+            rec = {"similar_below": 45.0, "complementary_above": 165.0, "unpruned_test_acc": 0.5, "start_test_acc": 0.1, "epochs": 2,
+                   "per_epoch": [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(per_epoch)], "best_test_acc": max(per_epoch),
+                   "reaches_unpruned_epoch": next((i + 1 for i, a in enumerate(per_epoch) if a >= 0.5), None)}
+            rec |= ({"layers": [{"layer": "conv", "share": 0.25 * (seed + 1)}], "share": 0.1} if control == "none" else
+                    {"percent": 0.25 * (seed + 1), "found": {}})
+            ids.append(run_id := f"{control}-{seed}")
+            runs.append({"run_id": run_id, "recipe_json": json.dumps([{"distinct": params}]), "details_json": json.dumps({"steps": {"distinct": rec}})})
+            preds[run_id] = np.array(pred)
+        label = "distinct 45°/165°" + (" percentile control" if control != "none" else "") + " [epochs=2]"
+        variants.append(Variant(control, label, "distinct" if control == "none" else "distinct-percentile", 45.0, False, tuple(ids)))
+    return StudyResults(["a", "b"], {}, {}, np.zeros(4), y, pd.DataFrame(runs), variants, preds)
+
+
+def test_the_table_and_figure_give_means_and_spreads_over_runs(tmp_path):
+    from faircompress.report.lottery import distinct_curves, distinct_match_table
+
+    res = _two_seed_results()
+    (row,) = distinct_match_table(res).to_dict("records")
+    assert row["match"] == "exact" and row["runs"] == 2 and row["largest_layer_share"] == row["percentile_level"] == pytest.approx(0.375)
+    assert row["accuracy_distinct"] == pytest.approx(0.625) and row["accuracy_distinct_std"] == pytest.approx(np.std([0.5, 0.75], ddof=1))
+    assert row["accuracy_percentile"] == pytest.approx(0.875) and row["accuracy_percentile_std"] == pytest.approx(np.std([1, 0.75], ddof=1))
+    assert row["best_test_acc_percentile"] == pytest.approx(0.55) and row["best_test_acc_percentile_std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert (row["reached_unpruned_distinct"], row["reached_unpruned_percentile"]) == ("1 of 2", "2 of 2")
+    assert distinct_curves(res, tmp_path).exists()
