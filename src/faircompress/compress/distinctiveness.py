@@ -34,7 +34,13 @@ Units are zeroed, not physically removed: the unit's incoming weights and bias a
 input column (channel) are set to zero, so every shape, the ONNX export and every other step work as
 before. The zeros are held through retraining (``epochs``, none unless the recipe asks). What was
 found (per layer: the pairs and their angles, the share removed) goes to the run's stored details,
-under ``steps.distinct``.
+under ``steps.distinct``; with retraining, also the test accuracy per epoch beside the unpruned
+model's, as a lottery ticket records it (`retraining.retrain_recorded`).
+
+``control: percentile`` is Dixit et al.'s matched control (their 3.3, Fig. 1; `matched_percentile`):
+the same analysis finds the share of units each layer would lose, nothing is merged, and every kernel
+of the ``layers`` kinds is pruned by percentile (per kernel, among its non-zero weights) at the largest
+of those shares, then retrained the same ``epochs``: its own technique family, 'distinct-percentile'.
 """
 from __future__ import annotations
 
@@ -48,7 +54,9 @@ from pydantic import Field
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from .pruning import percentile_masks
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
+from .retraining import accuracy_on_test, retrain_recorded, retraining_note
 
 KERNELS = (nn.Linear, nn.Conv2d)
 PROBE_IMAGES = 4   # images in each structure probe
@@ -409,6 +417,43 @@ def distinctiveness_prune(model: nn.Module, images: np.ndarray, similar_below: f
                    "units": total, "removed": gone, "share": gone / total if total else 0.0, "images": len(images),
                    "skipped": skipped}
 
+
+def kernels_of(model: nn.Module, layers: str = "both") -> dict[str, nn.Parameter]:
+    """The kernels of the kinds ``layers`` names (dense: Linear, conv: Conv2d, both), by weight name."""
+    kinds = {"dense": (nn.Linear,), "conv": (nn.Conv2d,), "both": KERNELS}[layers]
+    return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def matched_percentile(model: nn.Module, images: np.ndarray, similar_below: float = 15.0, complementary_above: float = 165.0,
+                       layers: str = "both") -> tuple[UnitMasks, dict[str, Any]]:
+    """Dixit et al.'s control for distinctiveness pruning (their 3.3 and Fig. 1): the distinctiveness
+    analysis runs on ``model`` (which is then restored exactly: nothing is merged), and every kernel
+    of the kinds ``layers`` names is pruned by percentile (`pruning.percentile_masks`: per kernel,
+    the smallest magnitudes among its non-zero weights) at the LARGEST share of units any layer would
+    have lost, one level for every kernel. ``model`` is pruned in place; returns the masks to hold
+    (those kernels only) and the record: what distinctiveness found (``found``), the ``percent``
+    used, the layer it came from, and per kernel its zeros before and the weights pruned now."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        _, found = distinctiveness_prune(model, images, similar_below, complementary_above, layers)
+    finally:
+        model.load_state_dict(saved)
+    largest = max(found["layers"], key=lambda r: r["share"], default=None)
+    percent = float(largest["share"]) if largest is not None else 0.0
+    weights = kernels_of(model, layers)
+    masks = UnitMasks(model)
+    masks.masks = percentile_masks(weights, percent)  # on each kernel's device
+    kernels = {k: {"size": int(w.numel()), "zeros_before": int((w == 0).sum()), "pruned": int(((w != 0) & ~masks.masks[k]).sum())}
+               for k, w in weights.items()}
+    masks.apply()
+    alive = sum(r["size"] - r["zeros_before"] for r in kernels.values())
+    found = {k: found[k] for k in ("units", "removed", "share", "skipped")} | {
+        "layers": [{k: r[k] for k in ("layer", "next", "kind", "units", "removed", "share")} for r in found["layers"]]}
+    return masks, {"control": "percentile", "similar_below": similar_below, "complementary_above": complementary_above,
+                   "layers_kind": layers, "found": found, "percent": percent,
+                   "largest_layer": largest["layer"] if largest is not None else None, "kernels": kernels,
+                   "pruned_share": sum(r["pruned"] for r in kernels.values()) / alive if alive else 0.0}
+
 # ----------------------------------------------------------------------------- recipe step
 
 
@@ -417,6 +462,9 @@ class DistinctParams(StepParams):
     complementary_above: float = Field(165.0, gt=90, lt=180, description="remove pairs of units wider than this angle (degrees)")
     layers: Literal["dense", "conv", "both"] = "both"
     epochs: int = Field(0, ge=0, description="retraining epochs (none unless asked)")
+    control: Literal["none", "percentile"] = Field(
+        "none", description="percentile: Dixit et al.'s matched control: find the share of units each layer would lose, "
+        "then instead prune every kernel of `layers` by percentile at the largest of those shares, and retrain the same epochs")
 
 
 @STEPS.register("distinct")
@@ -424,20 +472,37 @@ class DistinctStep(TrainStep):
     name, Params, level = "distinct", DistinctParams, "similar_below"
     # wide bounds, so that the registry tests' randomly initialised models lose units on every model
     example = {"similar_below": 85, "complementary_above": 95}
+    quiet_defaults = ("control",)  # added later: older recipes keep their keys and run ids
+
+    def technique(self) -> str:
+        """'distinct'; its percentile control is its own family, 'distinct-percentile'."""
+        return "distinct" if self.params.control == "none" else f"distinct-{self.params.control}"
 
     def short(self) -> str:
         p = self.params
-        return f"distinct {p.similar_below:g}°/{p.complementary_above:g}°" + self._extras("similar_below", "complementary_above")
+        control = " percentile control" if p.control == "percentile" else ""
+        return f"distinct {p.similar_below:g}°/{p.complementary_above:g}°{control}" + self._extras("similar_below", "complementary_above", "control")
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
+        """Distinctiveness pruning, or (``control: percentile``) its matched percentile control; with
+        ``epochs``, retrained with the zeros held, each epoch's test accuracy recorded (as a ticket's)."""
         p = self.params
         if ctx.images is None:
             raise ValueError("distinct compares units over training images: this context gives none (TuneContext.images)")
-        masks, record = distinctiveness_prune(model, ctx.images(), p.similar_below, p.complementary_above, p.layers)
+        test_acc = accuracy_on_test(ctx)
+        unpruned = test_acc(model) if test_acc is not None and p.epochs else None
+        if p.control == "percentile":
+            masks, record = matched_percentile(model, ctx.images(), p.similar_below, p.complementary_above, p.layers)
+            where = f" ({record['largest_layer']})" if record["largest_layer"] is not None else ""
+            ctx.note(f"{self.short()}: the largest share a layer would lose is {record['percent']:.1%}{where}; percentile "
+                     f"pruning at it removed {record['pruned_share']:.1%} of the non-zero weights of the {p.layers} kernels")
+        else:
+            masks, record = distinctiveness_prune(model, ctx.images(), p.similar_below, p.complementary_above, p.layers)
+            per_layer = ", ".join(f"{r['layer']} {r['removed']}/{r['units']}" for r in record["layers"])
+            ctx.note(f"distinct: removed {record['removed']} of {record['units']} units ({record['share']:.1%})"
+                     + (f": {per_layer}" if per_layer else "; no layer feeds another unit for unit"))
         ctx.details[self.name] = record
-        per_layer = ", ".join(f"{r['layer']} {r['removed']}/{r['units']}" for r in record["layers"])
-        ctx.note(f"distinct: removed {record['removed']} of {record['units']} units ({record['share']:.1%})"
-                 + (f": {per_layer}" if per_layer else "; no layer feeds another unit for unit"))
         if p.epochs:
-            ctx.fine_tune(model, p.epochs, masks.after_step)
+            record |= retrain_recorded(model, ctx, p.epochs, masks.after_step, unpruned)
+            ctx.note(f"{self.short()}: retrained {p.epochs} epochs" + retraining_note(record))
         masks.apply()

@@ -57,6 +57,7 @@ from torch import nn
 
 from .pruning import FixedMaskPruner, percentile_masks, prunable, random_masks_counted
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
+from .retraining import accuracy_on_test, first_reaching, retrain_recorded, retraining_note, summarise  # noqa: F401  (moved there)
 
 CONTROLS = ("none", "random_mask", "random_init")
 
@@ -112,11 +113,6 @@ def derived_seed(seed: int, what: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{what}:{seed}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def first_reaching(accuracies: list[float | None], target: float) -> int | None:
-    """The first epoch (from 1) whose accuracy is at least ``target``; None when none is."""
-    return next((i + 1 for i, a in enumerate(accuracies) if a is not None and a >= target), None)
-
-
 def overall_sparsity(per_round: float, rounds: int) -> float:
     """The share pruned after ``rounds`` rounds that each prune ``per_round`` of what is left (rounded
     to 12 places, so that one round's is its sparsity exactly)."""
@@ -163,7 +159,7 @@ class TicketStep(TrainStep):
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
         epochs = _retraining_epochs(p, ctx)
-        test_acc = (lambda m: ctx.accuracy(m, "test")) if ctx.accuracy is not None else None  # noqa: E731
+        test_acc = accuracy_on_test(ctx)
         record: dict[str, Any] = {"sparsity": p.sparsity, "control": p.control, "scope": p.scope, "epochs": epochs,
                                   "rounds": p.rounds, "rewind_epoch": p.rewind_epoch}
         unpruned = self._continue_chain(model, ctx, record) if p.rounds > 1 else (test_acc(model) if test_acc else None)
@@ -177,18 +173,8 @@ class TicketStep(TrainStep):
         record["layers"] = {k: {"size": int(m.numel()), "pruned": int((~m).sum())} for k, m in masks.items()}
         total = sum(int(m.numel()) for m in masks.values())
         record["pruned_share"] = sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
-        record["unpruned_test_acc"] = unpruned
-        record["start_test_acc"] = test_acc(model) if test_acc else None  # reset and masked, before retraining
-        per_epoch: list[float] = []
-        if test_acc:
-            res = ctx.fine_tune(model, epochs, pruner.after_step, on_epoch=lambda log: per_epoch.append(test_acc(model)))
-        else:
-            res = ctx.fine_tune(model, epochs, pruner.after_step)
+        record |= retrain_recorded(model, ctx, epochs, pruner.after_step, unpruned)
         pruner.finalize()
-        history = list(getattr(res, "history", []) or [])
-        record["per_epoch"] = [{"epoch": i + 1, "train_acc": h.train_acc, "sel_acc": h.sel_acc,
-                                "test_acc": per_epoch[i] if i < len(per_epoch) else None} for i, h in enumerate(history)]
-        record |= summarise(per_epoch, unpruned, getattr(res, "best_epoch", None))
         ctx.details[self.name] = record
         self._note(ctx, record)
 
@@ -233,11 +219,8 @@ class TicketStep(TrainStep):
         return initial
 
     def _note(self, ctx: TuneContext, record: dict[str, Any]) -> None:
-        unpruned, reached = record["unpruned_test_acc"], record["reaches_unpruned_epoch"]
         ctx.note(f"{self.short()}: {record['pruned_share']:.1%} of the kernels' weights pruned, reset to {record['reset_to']}"
-                 + (f"; best test accuracy {record['best_test_acc']:.1%} at epoch {record['best_test_epoch']}, unpruned "
-                    f"{unpruned:.1%}, " + (f"first reached at epoch {reached}" if reached else "never reached")
-                    if unpruned is not None and record["per_epoch"] and record["best_test_acc"] is not None else ""))
+                 + retraining_note(record))
 
 
 def _retraining_epochs(p: TicketParams, ctx: TuneContext) -> int:
@@ -246,15 +229,3 @@ def _retraining_epochs(p: TicketParams, ctx: TuneContext) -> int:
         raise ValueError("ticket: epochs is null (the baseline's training epochs), but this context does not say how many "
                          "(TuneContext.train_epochs)")
     return epochs
-
-
-def summarise(test_accs: list[float], unpruned: float | None, selected: int | None) -> dict[str, Any]:
-    """The paper's figures of a retraining: the best test accuracy and its epoch, the selected epoch's
-    test accuracy, and the first epoch reaching the unpruned accuracy."""
-    if not test_accs:
-        return {"best_test_acc": None, "best_test_epoch": None, "selected_epoch": selected, "selected_test_acc": None,
-                "reaches_unpruned_epoch": None}
-    best = max(range(len(test_accs)), key=lambda i: (test_accs[i], -i))
-    return {"best_test_acc": test_accs[best], "best_test_epoch": best + 1, "selected_epoch": selected,
-            "selected_test_acc": test_accs[selected - 1] if selected and selected <= len(test_accs) else None,
-            "reaches_unpruned_epoch": first_reaching(test_accs, unpruned) if unpruned is not None else None}

@@ -21,7 +21,7 @@ from . import figures
 from . import tables as T
 from .data_summary import DATA_SECTIONS, NOT_RECORDED, data_tables, shares_in_percent
 from .faces import face_grid
-from .lottery import lottery_tables, ticket_curves, ticket_sparsity_curves
+from .lottery import distinct_curves, lottery_tables, ticket_curves, ticket_sparsity_curves
 from .findings import as_html, findings
 from . import paper as P
 from . import sensitivity as S
@@ -187,7 +187,7 @@ def _figures(res: StudyResults, tables: dict[str, pd.DataFrame], out: Path, stud
         paths.append(figures.confusion_by_group(res, [ref, chosen] if chosen is not ref else [ref], res.attributes[0], out))
     grid, why = face_grid(res, out, faces)
     curves = [grid, training_curves(tables["training"], out), fine_tuning_curves(tables["training"], out), ticket_curves(res, out),
-              ticket_sparsity_curves(res, out)]
+              ticket_sparsity_curves(res, out), distinct_curves(res, out)]
     notes.extend([why] if why else [])
     return paths + [p for p in curves if p is not None]
 
@@ -345,8 +345,12 @@ def _lottery_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
     if "distinct_match" in tables:
         out.append(_section("Distinctiveness beside percentile pruning", "Dixit et al.'s matching (their Fig. 1): distinctiveness "
                             "removes units (filters) up to the largest share a layer lost; percentile pruning of weights at "
-                            "that share is its control (here the study's percentile variant nearest it: compare the levels). "
-                            "Accuracy: test accuracy of the variants' files, mean over runs.", tables["distinct_match"].round(4)))
+                            "that share, in every layer, retrained as long, is its control. Match 'exact': the distinct step's "
+                            "own control (control: percentile, the same analysis and retraining); 'nearest': no control was run, "
+                            "so the study's percentile variant nearest the share stands in (compare the levels). Accuracy: test "
+                            "accuracy of the variants' files, mean and std over runs; best test accuracy over the retraining "
+                            "epochs, and how many runs reached the unpruned model's. The figure 'distinct_match' plots it per "
+                            "epoch.", tables["distinct_match"].round(4)))
     return out
 
 

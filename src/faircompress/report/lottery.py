@@ -1,7 +1,8 @@
 """Dixit et al.'s SFEW figures from the runs' stored details: lottery tickets' test accuracy per
 retraining epoch beside the unpruned model's (their Figs. 2-3, one panel per sparsity, the ticket and
 its controls), and distinctiveness pruning beside percentile pruning at the share it removed (their
-Fig. 1's matching: the largest share a layer lost is the percentile control's level)."""
+Fig. 1: the largest share a layer lost is the percentile control's level; the table, and per angle
+the test accuracy per retraining epoch of both beside the unpruned model's)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,11 @@ CONTROL_NAMES = {"none": "ticket (percentile mask, reset)", "random_mask": "cont
 TICKET_COLUMNS = ["variant", "sparsity", "rounds", "pruned_share", "rewind_epoch", "control", "epochs", "runs", "unpruned_test_acc", "start_test_acc", "best_test_acc",
                   "best_test_acc_std", "best_test_epoch", "selected_test_acc", "reached_unpruned", "first_epoch_reaching"]
 MATCH_COLUMNS = ["distinct", "similar_below", "complementary_above", "runs", "units_removed_share", "largest_layer_share",
-                 "largest_layer", "matched_percentile", "percentile_level", "accuracy_distinct", "accuracy_percentile"]
+                 "largest_layer", "match", "matched_percentile", "percentile_level", "accuracy_distinct", "accuracy_distinct_std",
+                 "accuracy_percentile", "accuracy_percentile_std", "unpruned_test_acc", "best_test_acc_distinct",
+                 "best_test_acc_distinct_std", "reached_unpruned_distinct", "best_test_acc_percentile", "best_test_acc_percentile_std",
+                 "reached_unpruned_percentile"]
+DISTINCT_NAMES = {"none": "distinctiveness", "percentile": "control: percentile pruning"}
 
 
 def _step_details(res: StudyResults, variant: Variant, step: str) -> list[dict]:
@@ -170,27 +175,119 @@ def ticket_sparsity_curves(res: StudyResults, out: Path) -> Path | None:
     return save(fig, out, "ticket-sparsity")
 
 
+def _recipe_step(res: StudyResults, variant: Variant) -> tuple[str, dict] | None:
+    """The variant's one step and its parameters as the recipe was stored (None for several steps)."""
+    raw = res.runs.set_index("run_id").recipe_json.get(variant.run_ids[0]) if variant.run_ids else None
+    steps = json.loads(raw) if isinstance(raw, str) else None
+    if not isinstance(steps, list) or len(steps) != 1:
+        return None
+    (name, params), = steps[0].items()
+    return name, params
+
+
+def _distinct_pairs(res: StudyResults) -> list[dict[str, tuple[Variant, list[dict]]]]:
+    """Distinctiveness variants run alone, each with its percentile control where the study ran it
+    (``control: percentile`` with every other parameter the same): {'none' | 'percentile': (variant,
+    its runs' records)}, ordered by angle."""
+    pairs: dict[str, dict[str, tuple[Variant, list[dict]]]] = {}
+    for v in res.variants:
+        step = _recipe_step(res, v) if v.technique in ("distinct", "distinct-percentile") else None
+        recs = _step_details(res, v, "distinct") if step is not None and step[0] == "distinct" else []
+        if not recs:
+            continue
+        params = dict(step[1])
+        control = params.pop("control", "none")
+        pairs.setdefault(json.dumps(params, sort_keys=True), {})[control] = (v, recs)
+    return sorted(pairs.values(), key=lambda p: next(iter(p.values()))[1][0]["similar_below"])
+
+
+def _run_accuracies(res: StudyResults, variant: Variant) -> list[float]:
+    return [float((res.preds[r] == res.y_true).mean()) for r in variant.run_ids]
+
+
+def _std(values) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+
+
+def _retraining(recs: list[dict], side: str) -> dict:
+    """A side's retraining over its runs: best test accuracy (mean, std) and how many reached the unpruned accuracy."""
+    best = [r.get("best_test_acc") for r in recs]
+    reached = [r for r in recs if r.get("reaches_unpruned_epoch") is not None]
+    return {f"best_test_acc_{side}": _mean(best), f"best_test_acc_{side}_std": _std(best),
+            f"reached_unpruned_{side}": f"{len(reached)} of {len(recs)}" if any(r.get("per_epoch") for r in recs) else "—"}
+
+
 def distinct_match_table(res: StudyResults) -> pd.DataFrame:
     """Per distinctiveness variant (run alone): the share of units it removed, the largest share a
-    layer lost (Dixit et al. prune by percentile at that share to compare), and the study's percentile
-    pruning variant nearest that share with both accuracies. Empty without both kinds."""
+    layer lost (Dixit et al. prune by percentile at that share to compare), and its percentile
+    control with both accuracies: ``match`` 'exact' where the study ran the step's own control
+    (``control: percentile``: the same analysis, the same retraining), else 'nearest': the study's
+    percentile pruning variant nearest that share. Accuracies: the variants' files on the test
+    split, mean and std over runs; with retraining recorded, the best test accuracy over the epochs
+    and how many runs reached the unpruned model's. Empty without a control of either kind."""
     percentile = [v for v in res.variants if v.technique == "prune-percentile" and np.isfinite(v.level)]
     rows = []
-    for v in res.variants:
-        if v.technique != "distinct":
+    for pair in _distinct_pairs(res):
+        if "none" not in pair or ("percentile" not in pair and not percentile):
             continue
-        recs = _step_details(res, v, "distinct")
-        if not recs or not percentile:
-            continue
+        v, recs = pair["none"]
         largest = [max(r["layers"], key=lambda layer: layer["share"]) if r["layers"] else None for r in recs]
         share = _mean(layer["share"] if layer else 0.0 for layer in largest)
-        match = min(percentile, key=lambda p: abs(p.level - share))
+        if "percentile" in pair:
+            match, mrecs = pair["percentile"]
+            how, level = "exact", _mean(r["percent"] for r in mrecs)
+        else:
+            match, mrecs = min(percentile, key=lambda p: abs(p.level - share)), []
+            how, level = "nearest", match.level
         rows.append({"distinct": v.label, "similar_below": recs[0]["similar_below"], "complementary_above": recs[0]["complementary_above"],
                      "runs": len(recs), "units_removed_share": _mean(r["share"] for r in recs), "largest_layer_share": share,
                      "largest_layer": ", ".join(sorted({layer["layer"] for layer in largest if layer})) or "—",
-                     "matched_percentile": match.label, "percentile_level": match.level,
-                     "accuracy_distinct": _accuracy(res, v), "accuracy_percentile": _accuracy(res, match)})
+                     "match": how, "matched_percentile": match.label, "percentile_level": level,
+                     "accuracy_distinct": _accuracy(res, v), "accuracy_distinct_std": _std(_run_accuracies(res, v)),
+                     "accuracy_percentile": _accuracy(res, match), "accuracy_percentile_std": _std(_run_accuracies(res, match)),
+                     "unpruned_test_acc": _mean(r.get("unpruned_test_acc") for r in recs + mrecs)}
+                    | _retraining(recs, "distinct") | (_retraining(mrecs, "percentile") if mrecs else {}))
     return pd.DataFrame(rows, columns=MATCH_COLUMNS)
+
+
+def _plot_runs(ax, recs: list[dict], name: str) -> None:
+    """One retraining's test accuracy per epoch (0: pruned, before retraining), mean ± std over runs."""
+    curves = pd.DataFrame([{"epoch": e["epoch"], "acc": e["test_acc"], "run": i} for i, r in enumerate(recs)
+                           for e in [{"epoch": 0, "test_acc": r.get("start_test_acc")}, *r.get("per_epoch", [])]
+                           if e.get("test_acc") is not None])
+    if curves.empty:
+        return
+    stats = curves.groupby("epoch").acc.agg(["mean", "std"]).fillna(0.0) * 100
+    line, = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=f"{name} ({len(recs)} run(s))")
+    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15, color=line.get_color())
+
+
+def distinct_curves(res: StudyResults, out: Path) -> Path | None:
+    """Dixit et al.'s Fig. 1: per angle, the test accuracy per retraining epoch of distinctiveness
+    pruning and of its percentile control (mean ± std over runs), with the unpruned model's test
+    accuracy as a dashed line. None when no distinctiveness variant recorded its retraining."""
+    pairs = [p for p in _distinct_pairs(res)
+             if any(e.get("test_acc") is not None for _, recs in p.values() for r in recs for e in r.get("per_epoch", []))]
+    if not pairs:
+        return None
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.4), squeeze=False, layout="constrained")
+    for ax, pair in zip(axes[0], pairs):
+        unpruned = []
+        for control, (v, recs) in sorted(pair.items(), key=lambda kv: kv[0] != "none"):  # distinct first, then its control
+            at = (f" at {_mean(r['percent'] for r in recs):.1%} per layer" if control == "percentile" else
+                  f" (up to {_mean(max((la['share'] for la in r['layers']), default=0.0) for r in recs):.1%} of a layer's units)")
+            _plot_runs(ax, recs, DISTINCT_NAMES.get(control, control) + at)
+            unpruned += [r["unpruned_test_acc"] for r in recs if r.get("unpruned_test_acc") is not None]
+        if unpruned:
+            ax.axhline(100 * float(np.mean(unpruned)), color="black", ls="--", lw=1, label="unpruned model")
+        ax.set(title=pair.get("none", next(iter(pair.values())))[0].label, xlabel="retraining epoch", ylabel="test accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    return save(fig, out, "distinct_match")
 
 
 def lottery_tables(res: StudyResults) -> dict[str, pd.DataFrame]:
