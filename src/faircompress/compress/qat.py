@@ -16,7 +16,38 @@ writes the int8-weights file (`quantize_weights_int8` with ``exact=True``): per 
 max|w|/127 and its float32 neighbours for which code x scale reproduces the trained weights exactly, so
 the file's weights ARE the fake-quantised weights the model was trained and selected with. Tensors
 QAT did not train (fixed buffers such as pca_mlp's PCA maps) are rounded as int8-weights rounds them.
-Activations stay float, as in int8-weights; fake-quantised activations are not implemented.
+Activations stay float, as in int8-weights, unless ``activations: true``:
+
+With ``activations: true`` (labelled ``int8-qat-static``) the input of every one of those kernels is
+fake-quantised too, as int8-static's QDQ export quantises the inputs of Conv/Gemm/MatMul: uint8,
+asymmetric, per tensor, round half to even of x / scale plus the zero point, clipped to 0..255, and
+dequantised ((q - zero point) x scale, float32, as ONNX Runtime's QuantizeLinear/DequantizeLinear
+compute). The ranges are calibrated once, before fine-tuning, on the first 256 calibration images
+(``ctx.images()``, the seeded sample the export steps get; 256 is int8-static's default), with
+int8-static's rule: ONNX Runtime's MinMax (minimum and maximum over all images, of the incoming float
+model in eval mode) turned into a scale and zero point by its own ``compute_scale_zp``, taken on the
+very tensor the layer gets (int8-static gives a tensor that comes out of a pooling, flattening or
+reshaping op that op's input range instead: the same after ReLU and max pooling, wider after average
+pooling). They are then kept FIXED, not tracked by an exponential moving average: the file's ranges
+are known from the start, every epoch (and so the selection of the best one) is scored with exactly
+the file's quantisation, and the restored best checkpoint cannot carry ranges from another epoch. Gradients pass straight through where the code
+fell inside 0..255 and are zero where it was clipped (the usual straight-through estimator).
+
+The quantisers are `ActivationQuant` children (``<layer>.input_quant``, buffers ``scale`` and
+``zero_point`` in the checkpoint) run by a forward pre-hook; they stay on the model after training
+(`rebuild` puts them back on a model loaded from the checkpoint), and export to ONNX as a
+QuantizeLinear/DequantizeLinear pair on the layer's input holding those very buffers. The export step
+then stores the weights as int8 codes exactly as above, so the file is a static QDQ file (int8
+weights, uint8 activations at fixed scales) whose activation scales and zero points are, by
+construction, the trained ones (nothing is recalibrated after training; ONNX Runtime's
+``quantize_static`` with ``TensorQuantOverrides`` could pin them too, but would need them carried to the
+export step by name; here they travel in the file). Unlike int8-static, only those inputs are
+quantised: kernels under 1,024 elements and every other tensor (layer outputs, pooling, additions,
+the logits) stay float, dense layers keep int8-weights' per-tensor scales, biases stay float and
+BatchNorm is not folded into the kernels; so ONNX Runtime's CPU provider dequantises and computes in
+float (its integer kernels need a quantised output too), and the file models int8 inputs rather
+than running integer arithmetic. A model with no such kernel (pca_mlp) gets no activation quantiser,
+and its file is int8-qat's.
 """
 from __future__ import annotations
 
@@ -24,6 +55,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 import torch
 from pydantic import Field
 from torch import nn
@@ -95,11 +127,110 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     return model
 
+# ----------------------------------------------------------------------------- activations
+
+ACTIVATION_RANGE = (0, 255)  # uint8 codes, as int8-static's activations (QuantType.QUInt8, asymmetric)
+CALIBRATION_IMAGES = 256  # int8-static's default sample (QuantizeParams.calibration_images)
+
+
+class _FakeQuantActivation(torch.autograd.Function):
+    """Forward: QuantizeLinear then DequantizeLinear in float32; backward: the identity where the code
+    was not clipped, zero where it was. Exported as that QuantizeLinear/DequantizeLinear pair."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        zp = zero_point.float()
+        code = torch.round(x.float() / scale) + zp  # division, as ONNX Runtime's QuantizeLinear (not x * 1/scale)
+        lo, hi = ACTIVATION_RANGE
+        ctx.save_for_backward((code >= lo) & (code <= hi))
+        return ((torch.clamp(code, lo, hi) - zp) * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point):
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero_point), scale, zero_point)
+
+
+class ActivationQuant(nn.Module):
+    """A fixed uint8 fake-quantiser: buffers ``scale`` (float32) and ``zero_point`` (uint8), per tensor."""
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.uint8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FakeQuantActivation.apply(x, self.scale, self.zero_point)
+
+
+def _quantise_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_quant(args[0]), *args[1:])
+
+
+def calibrate_inputs(model: nn.Module, images: np.ndarray, batch: int = 64) -> dict[str, tuple[float, float]]:
+    """MinMax of each quantised kernel's input over ``images`` (raw pixels, as the file takes them),
+    the model in eval mode: {layer: (min, max)}, as ONNX Runtime's MinMax calibrator gathers them."""
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def observe(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().float()
+            seen.setdefault(name, []).append(torch.stack([x.min(), x.max()]).cpu())
+        return hook
+
+    handles = [m.register_forward_pre_hook(observe(name)) for name, m in quantised_kernels(model).items()]
+    training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                model(torch.from_numpy(np.asarray(images[i : i + batch], dtype=np.float32)).to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    return {name: (float(torch.stack(v)[:, 0].min()), float(torch.stack(v)[:, 1].max())) for name, v in seen.items()}
+
+
+def activation_params(low: float, high: float) -> tuple[float, int]:
+    """int8-static's scale and zero point for a calibrated range: ONNX Runtime's own ``compute_scale_zp``
+    (the range widened to hold 0; scale (max - min) / 255, zero point round(-min / scale))."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    qmin, qmax = get_qmin_qmax_for_qType(onnx.TensorProto.UINT8)
+    zero_point, scale = compute_scale_zp(np.float32(low), np.float32(high), qmin, qmax)
+    return float(np.float32(scale)), int(zero_point)
+
+
+def attach_activation_quant(model: nn.Module, ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, ActivationQuant]:
+    """Put a fake-quantiser on the input of every kernel QAT quantises (in place), from its calibrated
+    range; without ``ranges``, placeholders for a checkpoint's buffers to fill."""
+    added = {}
+    for name, m in quantised_kernels(model).items():
+        scale, zero_point = activation_params(*ranges[name]) if ranges is not None else (1.0, 0)
+        m.add_module("input_quant", ActivationQuant(scale, zero_point).to(m.weight.device))
+        m.register_forward_pre_hook(_quantise_input)
+        added[name] = m.input_quant
+    return added
+
+
+def activation_quant_params(model: nn.Module) -> dict[str, dict[str, float | int]]:
+    """Each quantised input's scale and zero point, by layer."""
+    return {name: {"scale": float(m.scale), "zero_point": int(m.zero_point)}
+            for name, m in model.named_modules() if isinstance(m, ActivationQuant)}
+
+
 # ----------------------------------------------------------------------------- recipe step
 
 class QATParams(StepParams):
     epochs: int = Field(2, ge=0, description="fine-tuning epochs under int8 weights")
     per_channel_dense: bool = Field(False, description="dense layers per output channel (as int8-weights; TFLite: per tensor)")
+    activations: bool = Field(False, description="also fake-quantise the kernels' inputs (uint8, fixed calibrated ranges) "
+                                                 "and write a static QDQ file with those ranges")
 
 
 @STEPS.register("qat")
@@ -110,19 +241,34 @@ class QATStep(TrainStep, ExportStep):
     example = {"epochs": 1}
     spelled = ("quantize", "mode", "qat")  # {quantize: {mode: qat, ...}} is this step
     excludes = {"quantize": "qat writes the int8 file itself"}
+    quiet_defaults = ("activations",)  # added later: older recipes keep their keys and run ids
 
     def short(self) -> str:
-        return "int8-qat" + self._extras()
+        return ("int8-qat-static" if self.params.activations else "int8-qat") + self._extras("activations")
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
+        ranges = None
+        if p.activations:
+            if ctx.images is None:
+                raise ValueError("qat with activations: true calibrates on training images, and none were given")
+            ranges = calibrate_inputs(model, ctx.images()[:CALIBRATION_IMAGES])  # the incoming float model, as int8-static
         attach_fake_quant(model, p.per_channel_dense)
+        if ranges is not None:
+            if not attach_activation_quant(model, ranges):
+                ctx.note("qat: no kernel of 1,024 elements or more, so no activation to quantise")
+            ctx.details[self.name] = {"activations": activation_quant_params(model)}
         if p.epochs:
             ctx.fine_tune(model, p.epochs, None)
-        strip_fake_quant(model)
+        strip_fake_quant(model)  # the activation quantisers stay: the checkpoint and the export carry them
+
+    def rebuild(self, model: nn.Module, record: object, input_shape: tuple[int, ...]) -> None:
+        if self.params.activations:  # placeholders; the checkpoint's buffers hold the trained values
+            attach_activation_quant(model)
 
     def export_precision(self) -> Literal["fp32", "fp16"]:
         return "fp32"
 
     def transform(self, src: Path, dst: Path, calibration: np.ndarray) -> None:
+        """The activation quantisers are in ``src`` already (exported from the trained model's buffers)."""
         quantize_weights_int8(src, dst, self.params.per_channel_dense, exact=True)
