@@ -29,6 +29,25 @@ def tiny_overrides(tmp_path):
     }
 
 
+def finished_mlp_study(overrides: dict, recipes: list, epochs: int):
+    """Run a tiny study of pca_mlp (hidden 30) with ``recipes``, one repeat, nothing measured but
+    accuracy; check every run finished. Returns (output folder, open store, its runs)."""
+    from pathlib import Path
+
+    from faircompress.config import load_config
+    from faircompress.store import ResultStore
+    from faircompress.study import run_study
+
+    cfg = load_config(None, {**overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": epochs,
+                             "evaluation.memory": False, "evaluation.latency": False, "recipes": recipes, "repeats": 1})
+    run_study(cfg)
+    out = Path(cfg.output_dir)
+    store = ResultStore.open_existing(out)
+    runs = store.runs()
+    assert (runs.status == "finished").all(), runs[["status", "error"]]
+    return out, store, runs
+
+
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -3,13 +3,12 @@ percentile at exactly the largest share of units a layer would lose, its masks l
 zeros out, both it and distinctiveness record test accuracy per retraining epoch, and the report's
 table and figure set them side by side."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_DATA
+from conftest import TINY_DATA, finished_mlp_study
 from torch import nn
 
 from faircompress.compress.distinctiveness import distinctiveness_prune, matched_percentile
@@ -141,20 +140,11 @@ def test_a_tiny_study_sets_distinct_beside_its_exact_control_and_else_the_neares
     from faircompress.report.build import write_report
     from faircompress.report.lottery import distinct_curves, distinct_match_table
     from faircompress.report.results import load_results
-    from faircompress.store import ResultStore
-    from faircompress.study import run_study
-
     recipes = [[{"distinct": {"similar_below": 85, "complementary_above": 95, "epochs": 1}}],
                [{"distinct": {"similar_below": 85, "complementary_above": 95, "epochs": 1, "control": "percentile"}}],
                [{"distinct": {"similar_below": 80, "complementary_above": 100}}],
                [{"prune": {"sparsity": 0.5, "method": "percentile", "epochs": 0}}]]
-    cfg = load_config(None, {**tiny_overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": 1,
-                             "evaluation.memory": False, "evaluation.latency": False, "recipes": recipes, "repeats": 1})
-    run_study(cfg)
-    out = Path(cfg.output_dir)
-    store = ResultStore.open_existing(out)
-    runs = store.runs()
-    assert (runs.status == "finished").all(), runs[["status", "error"]]
+    out, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=1)
     res = load_results(store)
     table = distinct_match_table(res).set_index("similar_below")
     exact, nearest = table.loc[85.0], table.loc[80.0]

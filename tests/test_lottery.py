@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import TINY_DATA
+from conftest import TINY_DATA, finished_mlp_study
 from torch import nn
 
 from faircompress.compress.lottery import derived_seed, random_masks_like, reset_keys
@@ -177,7 +177,6 @@ def test_a_tiny_study_with_tickets_end_to_end(tiny_overrides, monkeypatch):
     from faircompress.report.build import write_report
     from faircompress.report.lottery import distinct_match_table, ticket_curves, ticket_table
     from faircompress.report.results import load_results
-    from faircompress.study import run_study
 
     starts: dict[str, list] = {"baseline": [], "variant": []}
 
@@ -192,13 +191,7 @@ def test_a_tiny_study_with_tickets_end_to_end(tiny_overrides, monkeypatch):
     recipes = [[{"ticket": {"sparsity": 0.5}}], [{"ticket": {"sparsity": 0.5, "control": "random_mask"}}],
                [{"prune": {"sparsity": 0.5, "method": "percentile", "epochs": 0}}],
                [{"distinct": {"similar_below": 85, "complementary_above": 95}}]]
-    cfg = load_config(None, {**tiny_overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": 2,
-                             "evaluation.memory": False, "evaluation.latency": False, "recipes": recipes, "repeats": 1})
-    run_study(cfg)
-    out = Path(cfg.output_dir)
-    store = ResultStore.open_existing(out)
-    runs = store.runs()
-    assert (runs.status == "finished").all(), runs[["status", "error"]]
+    out, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=2)
     variants = runs[(runs.kind == "variant") & (runs.is_reference == 0)].set_index("technique")
     base_start = starts["baseline"][0]
     base_ckpt = runs[runs.kind == "baseline"].artefact.iloc[0]
@@ -218,7 +211,7 @@ def test_a_tiny_study_with_tickets_end_to_end(tiny_overrides, monkeypatch):
             if technique == "ticket":
                 assert torch.equal(keep, percentile_masks({k: trained[k]}, 0.5)[k])  # percentile of the trained weights
         sess = ort.InferenceSession(str(out / variants.artefact[technique]), providers=["CPUExecutionProvider"])
-        x = tiny_images(cfg)
+        x = tiny_images()
         assert np.isfinite(sess.run(None, {sess.get_inputs()[0].name: x})[0]).all()
     epochs = store.epochs()
     assert len(epochs[epochs.run_id == variants.run_id["ticket"]]) == 2  # the retraining's epochs in the store too
@@ -240,7 +233,7 @@ def prunable_names(state: dict) -> list[str]:
     return [k for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
 
 
-def tiny_images(cfg) -> np.ndarray:
+def tiny_images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (4, 1, TINY_DATA["image_size"], TINY_DATA["image_size"])).astype(np.float32)
 
 
