@@ -28,6 +28,7 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
     from .data.registry import DATASETS
     from .evaluate.metrics import GROUP_METRICS
     from .export import EXPORT_FORMATS
+    from .mitigate import OBJECTIVES
     from .models.registry import FIXED_ARGUMENTS, MODELS
 
     datasets = [PluginRow(n, _fields(s.params), _first_line(sys.modules.get(s.load.__module__))) for n, s in DATASETS.items()]
@@ -38,7 +39,9 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
              for n, cls in STEPS.items()]
     metrics = [PluginRow(n, "", _first_line(f)) for n, f in GROUP_METRICS.items()]
     exports = [PluginRow(n, "", _first_line(f)) for n, f in EXPORT_FORMATS.items()]
-    return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics, "export formats": exports}
+    objectives = [PluginRow(n, _fields(cls.Params), _first_line(sys.modules.get(cls.__module__))) for n, cls in OBJECTIVES.items()]
+    return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics, "export formats": exports,
+            "fine-tuning objectives (a step's fine_tune option)": objectives}
 
 
 def _kind(cls: type) -> str:

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .atomic import atomic_path
 from .config import TrainConfig
 from .data.dataset import FaceDataset
 from .models.registry import FitsToData
+
+if TYPE_CHECKING:
+    from .mitigate import Objective
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -172,6 +175,7 @@ class Callbacks:
     on_batch: EpochCallback | None = None                 # progress within an epoch
     on_epoch: Callable[[EpochLog], None] | None = None    # after each epoch
     after_step: Callable[[int], None] | None = None       # after each optimiser step (step counts from 1)
+    objective: "Objective | None" = None                  # the batch loss instead of cross-entropy (mitigation)
 
 
 def training_splits(selection: str) -> tuple[tuple[str, ...], str]:
@@ -219,12 +223,15 @@ def fit(
     on_batch: EpochCallback | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     after_step: Callable[[int], None] | None = None,
+    objective: "Objective | None" = None,
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the best-selection-accuracy weights.
 
     ``after_step(step)`` runs after every optimiser step (step counts from 1 within this call);
     compression steps use it, e.g. pruning re-applies its masks there. With ``state_path``, the
-    training state is written after every epoch and a run killed mid-way resumes from it.
+    training state is written after every epoch and a run killed mid-way resumes from it. An
+    ``objective`` (`mitigate.Objective`) gives the batch loss instead of cross-entropy; the selection
+    pass still scores cross-entropy and accuracy.
     """
     conflict = augmentation_conflict(cfg, data)
     if conflict:
@@ -239,10 +246,14 @@ def fit(
     state = TrainState.start(model, cfg, seed, device, precision, len(batches.x_train))
     if state_path is not None and Path(state_path).exists():
         state.resume_from(Path(state_path))
-    callbacks = Callbacks(on_batch, on_epoch, after_step)
+    callbacks = Callbacks(on_batch, on_epoch, after_step, objective)
+    if objective is not None:
+        objective.start(model)
     t_start, step = time.perf_counter(), 0
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         step, log = _epoch(state, batches, cfg, epoch, step, callbacks)
+        if objective is not None:
+            objective.end_epoch(model, epoch)
         state.record(log)
         if state_path is not None:
             state.save(state_path)
@@ -289,7 +300,7 @@ def _train_pass(state: "TrainState", b: Batches, cfg: TrainConfig, epoch: int, s
         yb = b.y_train[idx]
         with autocast(device, state.precision):
             logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
+            loss = F.cross_entropy(logits.float(), yb) if cb.objective is None else cb.objective.loss(model, logits.float(), yb, xb, idx)
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
         state.opt.step()

@@ -22,7 +22,9 @@ from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, sessi
 from .evaluate.size import onnx_size_report
 from .plan import Hooks, PlannedRun
 from .store import RunResult
-from .train import FitResult, checkpoint_metadata, fit, fit_to_training, load_checkpoint, predict, save_checkpoint
+from .mitigate import Objective, ObjectiveInputs, build_objective
+from .train import (FitResult, checkpoint_metadata, fit, fit_to_training, load_checkpoint, predict, resolve_device, resolve_precision,
+                    save_checkpoint, training_splits)
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -101,15 +103,20 @@ def _saved_fine_tuned(model: torch.nn.Module, steps: tuple[TrainStep, ...], ckpt
 def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: Hooks, fits: list[FitResult],
                   baseline: Path) -> TuneContext:
     """What the recipe's training steps get; each fine-tuning's result is appended to ``fits``.
-    ``baseline``: the run's baseline checkpoint."""
-    def fine_tune(m, epochs, after_step, on_epoch=None):
+    ``baseline``: the run's baseline checkpoint (the teacher of a fine-tuning objective)."""
+    details: dict = {}
+
+    def fine_tune(m, epochs, after_step, on_epoch=None, objective=None):
         def epoch_done(log):
             hooks.epoch(log)
             if on_epoch is not None:
                 on_epoch(log)
 
+        made = _objective(cfg, data, baseline, objective) if objective is not None else None
         res = fit(m, data, cfg.train.model_copy(update={"epochs": epochs}), run.tune_seed,
-                  on_batch=hooks.batch, on_epoch=epoch_done, after_step=after_step)
+                  on_batch=hooks.batch, on_epoch=epoch_done, after_step=after_step, objective=made)
+        if made is not None:
+            details.setdefault("fine_tune", []).append({**objective, **made.record()})
         fits.append(res)
         return res
 
@@ -118,10 +125,23 @@ def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: H
 
     trains = cfg.baseline.source == "train"
     return TuneContext(fine_tune=fine_tune, seed=run.tune_seed, images=lambda: calibration_images(data, run.tune_seed),
-                       note=hooks.note, input_shape=(data.channels, *data.image_size),
+                       note=hooks.note, input_shape=(data.channels, *data.image_size), details=details,
                        initial_model=initial if trains else None,
                        accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs,
                        rewind=(lambda epoch: replay_baseline(cfg, run, data, epoch, baseline, hooks)) if trains else None)
+
+
+def _objective(cfg: StudyConfig, data: FaceDataset, baseline: Path, spec: dict) -> Objective:
+    """The fine-tuning objective ``spec`` names, with the baseline as its teacher."""
+    device = resolve_device(cfg.train.device)
+
+    def teacher() -> torch.nn.Module:
+        model = cfg.model.build(data.input_shape)
+        load_checkpoint(model, baseline)
+        return model.to(device).eval()
+
+    rows = data.indices(*training_splits(cfg.train.selection)[0])
+    return build_objective(spec, ObjectiveInputs(data, rows, teacher, device, resolve_precision(cfg.train.precision, device)))
 
 
 def replay_baseline(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, epoch: int, baseline: Path,

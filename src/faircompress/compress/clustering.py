@@ -13,11 +13,12 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .pruning import named_layer, prunable
+from ..mitigate import FINE_TUNE_DESCRIPTION, FineTuneOption, check_tunes, describe, family
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
@@ -175,21 +176,30 @@ class ClusterParams(StepParams):
     epochs: int = Field(3, ge=0, description="fine-tuning epochs")
     skip: list[str] = Field(default_factory=list, description="kernels left unclustered: names as `prunable` gives them, "
                             "or first / last (the first and last layers; tfmot clusters both by default)")
+    fine_tune: FineTuneOption = Field(None, description=FINE_TUNE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _tunes(self) -> "ClusterParams":
+        check_tunes(self.fine_tune, self.epochs)
+        return self
 
 
 @STEPS.register("cluster")
 class ClusterStep(TrainStep):
     name, Params, level = "cluster", ClusterParams, "clusters"
     example = {"clusters": 8, "epochs": 1}
-    quiet_defaults = ("skip",)  # added later: older recipes keep their keys and run ids
+    quiet_defaults = ("skip", "fine_tune")  # added later: older recipes keep their keys and run ids
+
+    def technique(self) -> str:
+        return family("cluster", self.params.fine_tune)
 
     def short(self) -> str:
         p = self.params
-        return f"cluster {p.clusters}" + self._extras("clusters")
+        return f"cluster {p.clusters}" + self._extras("clusters", "fine_tune") + describe(p.fine_tune)
 
     def apply(self, model: nn.Module, ctx: TuneContext) -> None:
         p = self.params
         cluster_model(model, p.clusters, p.init, p.preserve_sparsity, seed=ctx.seed, skip=tuple(p.skip))
         if p.epochs:
-            ctx.fine_tune(model, p.epochs, None)
+            ctx.fine_tune(model, p.epochs, None, **({"objective": p.fine_tune} if p.fine_tune else {}))
         strip_clustering(model)

@@ -31,6 +31,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from ..mitigate import FINE_TUNE_DESCRIPTION, FineTuneOption, check_tunes, describe, family
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
@@ -196,6 +197,7 @@ class PruneParams(StepParams):
                           "faircompress writes them into `sparsity` when the study starts")
     overall: float | None = Field(None, ge=0, le=1, description="per-layer sparsities: the share of all prunable weights "
                                   "they zero (weighted by size); derived from the model when the study starts, not given")
+    fine_tune: FineTuneOption = Field(None, description=FINE_TUNE_DESCRIPTION)
 
     @field_validator("sparsity")
     @classmethod
@@ -222,6 +224,7 @@ class PruneParams(StepParams):
             raise ValueError("scope: global ranks all layers together; per-layer sparsities are per tensor")
         if self.overall is not None and not self.per_layer:
             raise ValueError("overall: only per-layer sparsities have one (it is derived, not given)")
+        check_tunes(self.fine_tune, self.epochs)
         return self
 
     @property
@@ -272,7 +275,7 @@ def overall_sparsity(levels: dict[str, float], sizes: dict[str, int]) -> float:
 class PruneStep(TrainStep):
     name, Params, level = "prune", PruneParams, "sparsity"
     example = {"sparsity": 0.5, "epochs": 1}
-    quiet_defaults = ("method", "from_sensitivity", "overall")  # added later: older recipes keep their keys and run ids
+    quiet_defaults = ("method", "from_sensitivity", "overall", "fine_tune")  # added later: older recipes keep their keys and run ids
 
     def technique(self) -> str:
         """'prune' for magnitude pruning; 'prune-random' and 'prune-percentile' are their own families
@@ -280,12 +283,12 @@ class PruneStep(TrainStep):
         ('prune-layerwise', 'prune-sensitivity' when chosen from the scan)."""
         p = self.params
         base = "prune" if p.method == "magnitude" else f"prune-{p.method}"
-        return base + ("-sensitivity" if p.from_sensitivity is not None else "-layerwise" if p.per_layer else "")
+        return family(base + ("-sensitivity" if p.from_sensitivity is not None else "-layerwise" if p.per_layer else ""), p.fine_tune)
 
     def short(self) -> str:
         p = self.params
         method = "" if p.method == "magnitude" else f" {p.method}"
-        extras = self._extras("sparsity", "scope", "method", "from_sensitivity", "overall")
+        extras = self._extras("sparsity", "scope", "method", "from_sensitivity", "overall", "fine_tune") + describe(p.fine_tune)
         if p.from_sensitivity is not None:
             fs = p.from_sensitivity
             inner = f"tol {100 * fs.tolerance:g}%" + (", gaps" if fs.gaps else "") + (f", {p.overall:.0%}" if p.overall is not None else "")
@@ -312,7 +315,7 @@ class PruneStep(TrainStep):
         else:
             pruner = FixedMaskPruner(model, percentile_masks(weights, sparsity, p.scope))
         if p.epochs:
-            ctx.fine_tune(model, p.epochs, pruner.after_step)
+            ctx.fine_tune(model, p.epochs, pruner.after_step, **({"objective": p.fine_tune} if p.fine_tune else {}))
         pruner.finalize()
         if p.per_layer:  # what each layer ended at, in the run's details
             found = pruner.sparsity_report()

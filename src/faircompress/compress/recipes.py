@@ -124,7 +124,9 @@ class TuneContext:
     """What a `TrainStep` gets: ``fine_tune(model, epochs, after_step)`` runs the training
     recipe (best checkpoint kept; returns the `train.FitResult`) with ``after_step(step)`` called after
     every optimiser step (a study's also takes ``on_epoch=f``, ``f(log)`` called after every epoch with
-    the model holding that epoch's weights); ``seed`` the run's tuning seed; ``images()`` a seeded
+    the model holding that epoch's weights, and ``objective=spec``, a normalised ``fine_tune`` option
+    (`mitigate.parse_fine_tune`): the loss it names instead of cross-entropy, what it records appended
+    to ``details['fine_tune']``); ``seed`` the run's tuning seed; ``images()`` a seeded
     sample of training images (as `ExportStep.transform`'s calibration; None where the caller has none)
     for steps that look at activations; ``note(text)`` a progress note; ``details[step name]``: what a
     step records of what it did (JSON-able), kept in the run's stored details.
