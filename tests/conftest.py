@@ -48,6 +48,31 @@ def finished_mlp_study(overrides: dict, recipes: list, epochs: int):
     return out, store, runs
 
 
+def plain_and_mitigated(overrides: dict, fine_tune: dict, step: tuple[str, dict] = ("prune", {"sparsity": 0.5, "epochs": 2}),
+                        epochs: int = 1) -> dict:
+    """A tiny pca_mlp study (`finished_mlp_study`) of one compression step twice: plainly fine-tuned
+    and with the ``fine_tune`` option. Returns, for 'plain' and 'mitigated': the variant's test
+    predictions (``preds``), its fine-tuned weights (``weights``, before export) and ``details``;
+    and the study's ``out`` folder."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from faircompress.config import load_config
+    from faircompress.plan import plan
+
+    name, params = step
+    out, store, runs = finished_mlp_study(overrides, [[{name: params}], [{name: {**params, "fine_tune": fine_tune}}]], epochs)
+    prefixes = {r.run_id: r.prefix_id for r in plan(load_config(out / "config.yaml")) if r.recipe is not None}
+    found: dict = {"out": out}
+    for role, technique in (("plain", name), ("mitigated", f"{name}-{fine_tune['objective']}")):
+        run = runs[runs.technique == technique].iloc[0]
+        found[role] = {"preds": store.predictions(run.run_id).y_pred.tolist(), "details": json.loads(run.details_json),
+                       "weights": load_file(out / "models" / prefixes[run.run_id] / "model.safetensors")}
+    store.close()
+    return found
+
+
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -1,8 +1,6 @@
 """Mitigation's plumbing: a step's `fine_tune` option is validated strictly, names its own report
 family and label, keeps older recipes' ids, and its objective replaces cross-entropy in the
 fine-tuning a study runs (an objective equal to cross-entropy reproduces plain fine-tuning exactly)."""
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -37,6 +35,9 @@ class PlainCE(Objective):
     def end_epoch(self, model, epoch):
         PlainCE.calls["end_epoch"].append(epoch)
 
+    def end(self, model):
+        PlainCE.calls["end"] = PlainCE.calls.get("end", 0) + 1
+
     def record(self):
         return {"batches": PlainCE.calls["loss"]}
 
@@ -69,33 +70,17 @@ def test_the_option_is_validated_and_named_in_labels_families_and_keys(plain_ce)
 
 
 def test_an_objective_equal_to_cross_entropy_fine_tunes_exactly_as_plain_fine_tuning(plain_ce, tiny_overrides):
-    from conftest import finished_mlp_study
+    from conftest import plain_and_mitigated
 
-    recipes = [[{"prune": {"sparsity": 0.5, "epochs": 2}}],
-               [{"prune": {"sparsity": 0.5, "epochs": 2, "fine_tune": {"objective": "test-plain-ce"}}}]]
-    out, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=1)
-    variants = runs[runs.technique.isin(["prune", "prune-test-plain-ce"])].set_index("technique")
-    preds = {t: store.predictions(variants.run_id[t]).y_pred.tolist() for t in variants.index}
-    store.close()
-    assert preds["prune"] == preds["prune-test-plain-ce"]
-    from safetensors.torch import load_file
-    plain, mitigated = (load_file(out / "models" / p / "model.safetensors") for p in _prefixes(out, variants))
-    assert all(torch.equal(plain[k], mitigated[k]) for k in plain)  # bit for bit
-    assert plain_ce.calls["end_epoch"] == [1, 2] and plain_ce.calls["loss"] > 0
+    found = plain_and_mitigated(tiny_overrides, {"objective": "test-plain-ce"})
+    plain, mitigated = found["plain"], found["mitigated"]
+    assert plain["preds"] == mitigated["preds"]
+    assert plain["weights"].keys() == mitigated["weights"].keys()
+    assert all(torch.equal(plain["weights"][k], mitigated["weights"][k]) for k in plain["weights"])  # bit for bit
+    assert plain_ce.calls["end_epoch"] == [1, 2] and plain_ce.calls["loss"] > 0 and plain_ce.calls["end"] == 1
     n_train = len(plain_ce.calls["rows"])
     assert n_train > 0 and plain_ce.calls["rows"] <= set(range(n_train + 1))
-    details = json.loads(variants.details_json["prune-test-plain-ce"])["steps"]["fine_tune"]
-    assert details == [{"objective": "test-plain-ce", "smoothing": 0.0, "batches": plain_ce.calls["loss"]}]
-
-
-def _prefixes(out, variants):
-    """The fine-tuned models' folders of the two variants (plain first)."""
-    from faircompress.config import load_config
-    from faircompress.plan import plan
-
-    cfg = load_config(out / "config.yaml")
-    by_id = {r.run_id: r.prefix_id for r in plan(cfg) if r.recipe is not None}
-    return [by_id[variants.run_id["prune"]], by_id[variants.run_id["prune-test-plain-ce"]]]
+    assert mitigated["details"]["steps"]["fine_tune"] == [{"objective": "test-plain-ce", "smoothing": 0.0, "batches": plain_ce.calls["loss"]}]
 
 
 def test_the_report_sets_each_mitigated_variant_beside_its_twin(plain_ce, tiny_overrides):

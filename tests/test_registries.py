@@ -1,6 +1,8 @@
 """Every registered plug-in, as discovered (not as imported by this file): each dataset loaded from
 its own example of its layout, each model built, run, exported and passed through every compression
 step. A plug-in dropped into its folder is tested here the moment it exists."""
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -14,6 +16,7 @@ from faircompress.data.dataset import SPLITS, UNKNOWN
 from faircompress.data.registry import DATASETS, load_dataset
 from faircompress.data.synthetic import SyntheticParams, generate
 from faircompress.evaluate.metrics import GROUP_METRICS, evaluate_predictions
+from faircompress.mitigate import OBJECTIVES, parse_fine_tune
 from faircompress.evaluate.size import zipped_size
 from faircompress.models import MODELS, build_model
 from faircompress.plugins import describe_plugins
@@ -50,6 +53,7 @@ def test_discovery_finds_the_built_in_plug_ins_and_describes_them():
     described = describe_plugins()
     assert [r.name for r in described["compression steps"]] == STEPS.names()
     assert [r.name for r in described["datasets"]] == DATASETS.names()
+    assert [r.name for r in described["fine-tuning objectives (a step's fine_tune option)"]] == OBJECTIVES.names()
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -129,3 +133,17 @@ def test_every_group_metric_is_stored_for_every_group(name):
     rows = long[(long.metric == name) & (long.group != "")]
     assert set(zip(rows.attribute, rows.group)) == {("class", "a"), ("class", "b"), ("g", "x"), ("g", "y")}
     assert np.isfinite(rows.value).all()
+
+
+# --- fine-tuning objectives ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_every_objective_fine_tunes_a_tiny_study_with_its_example(name, tiny_overrides):
+    from conftest import finished_mlp_study
+
+    spec = parse_fine_tune({"objective": name, **OBJECTIVES.get(name).example})
+    recipes = [[{"prune": {"sparsity": 0.5, "epochs": 1, "fine_tune": spec}}]]
+    _, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=1)  # every run finished
+    store.close()
+    [variant] = runs[runs.technique == f"prune-{name}"].itertuples()
+    [entry] = json.loads(variant.details_json)["steps"]["fine_tune"]
+    assert {k: entry[k] for k in spec} == spec

@@ -230,8 +230,8 @@ def fit(
     ``after_step(step)`` runs after every optimiser step (step counts from 1 within this call);
     compression steps use it, e.g. pruning re-applies its masks there. With ``state_path``, the
     training state is written after every epoch and a run killed mid-way resumes from it. An
-    ``objective`` (`mitigate.Objective`) gives the batch loss instead of cross-entropy; the selection
-    pass still scores cross-entropy and accuracy.
+    ``objective`` (`mitigate.Objective`) gives the batch loss instead of cross-entropy (its `start`,
+    `end_epoch` and `end` run around the epochs); the selection pass still scores cross-entropy and accuracy.
     """
     conflict = augmentation_conflict(cfg, data)
     if conflict:
@@ -250,15 +250,19 @@ def fit(
     if objective is not None:
         objective.start(model)
     t_start, step = time.perf_counter(), 0
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        step, log = _epoch(state, batches, cfg, epoch, step, callbacks)
+    try:
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            step, log = _epoch(state, batches, cfg, epoch, step, callbacks)
+            if objective is not None:
+                objective.end_epoch(model, epoch)
+            state.record(log)
+            if state_path is not None:
+                state.save(state_path)
+            if on_epoch:
+                on_epoch(log)
+    finally:
         if objective is not None:
-            objective.end_epoch(model, epoch)
-        state.record(log)
-        if state_path is not None:
-            state.save(state_path)
-        if on_epoch:
-            on_epoch(log)
+            objective.end(model)
     res = state.result
     res.seconds = sum(h.seconds for h in res.history) if res.history else time.perf_counter() - t_start
     model.load_state_dict(state.best_weights)

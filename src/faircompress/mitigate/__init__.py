@@ -7,7 +7,8 @@ An objective is one module in this folder that subclasses `Objective` and regist
 logits, labels, images and their rows in the training split (so it can look up each image's groups),
 and `ObjectiveInputs` at construction: the dataset, the training rows, the uncompressed baseline
 (a teacher) and the training device. `fit` calls `start` before the first epoch, `loss` for every
-batch (the value the optimiser minimises), and `end_epoch` after every epoch; `record()` is kept in the
+batch (the value the optimiser minimises), `end_epoch` after every epoch and `end` once after the last
+(also when training fails: it removes what `start` attached to the model); `record()` is kept in the
 run's details (``steps.fine_tune``, one entry per fine-tuning, with its objective and parameters).
 """
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Objective:
 
     def end_epoch(self, model: torch.nn.Module, epoch: int) -> None:
         """After every epoch (the model holds that epoch's weights)."""
+
+    def end(self, model: torch.nn.Module) -> None:
+        """Once after the last epoch, also when training fails: detach from ``model`` whatever `start`
+        attached (hooks), so the fine-tuned model leaves `fit` as plain as it came."""
 
     def record(self) -> dict[str, Any]:
         """What the run's details keep of the fine-tuning (JSON-able)."""
