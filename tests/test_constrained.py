@@ -71,6 +71,10 @@ def test_windows_keep_the_last_values_of_each_row():
     assert w.means().tolist() == [0.0, 1.0] and w.full().tolist() == [True, False]
     w.add(torch.tensor([0, 1, 1, 1, 1]), torch.tensor([1.0, 0, 0, 0, 0]))
     assert torch.allclose(w.means(), torch.tensor([1 / 3, 1 / 5])) and w.full().tolist() == [True, True]
+    w.add(torch.tensor([0, 0, 0, 1]), torch.tensor([0.0, 0, 0, 1]), valid=torch.tensor([False, False, False, True]))
+    assert torch.allclose(w.means(), torch.tensor([1 / 3, 1 / 5]))  # invalid values are not written, valid ones are
+    w.add(torch.tensor([1]), torch.tensor([1.0]))
+    assert torch.allclose(w.means(), torch.tensor([1 / 3, 2 / 5]))
     # a group smaller than the memory is measured over all its images; one without images never
     assert windows(torch.tensor([100, 7, 0]), 107, 40).tolist() == [40, 7, 40, 80]
     assert windows(torch.tensor([10, 7]), 20, 40).tolist() == [10, 7, 20]

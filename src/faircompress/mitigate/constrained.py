@@ -76,9 +76,9 @@ def training_groups(data: FaceDataset, train_rows: np.ndarray, attribute: str) -
 
 def group_means(values: torch.Tensor, codes: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean of ``values`` per group, images per group); unknown codes left out, 0 for an empty group."""
-    known = codes != UNKNOWN
-    sums = torch.zeros(n_groups, device=values.device, dtype=values.dtype).index_add_(0, codes[known], values[known])
-    counts = torch.bincount(codes[known], minlength=n_groups)
+    bins = torch.where(codes == UNKNOWN, n_groups, codes)  # unknown into a last bin, dropped (no host sync on a GPU)
+    sums = torch.zeros(n_groups + 1, device=values.device, dtype=values.dtype).index_add_(0, bins, values)[:n_groups]
+    counts = torch.zeros(n_groups + 1, device=values.device, dtype=torch.long).index_add_(0, bins, torch.ones_like(bins))[:n_groups]
     return sums / counts.clamp(min=1), counts
 
 
@@ -130,25 +130,27 @@ class Window:
 
     def __init__(self, capacity: torch.Tensor) -> None:
         self.capacity = capacity
-        self.values = torch.zeros(len(capacity), int(capacity.max()), device=capacity.device)
+        self.width = int(capacity.max())
+        self.values = torch.zeros(len(capacity), self.width + 1, device=capacity.device)  # the last column: discarded writes
         self.pos = torch.zeros_like(capacity)
         self.filled = torch.zeros_like(capacity)
 
-    def add(self, row: torch.Tensor, value: torch.Tensor) -> None:
-        """Append ``value[i]`` to row ``row[i]``, in order (of a row's values in one call, only its last
-        ``capacity`` are written, so no slot is written twice)."""
-        onehot = F.one_hot(row, len(self.capacity))
+    def add(self, row: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Append ``value[i]`` to row ``row[i]`` in order, where ``valid[i]`` (default all). Of a row's
+        values in one call only its last ``capacity`` are written, so no slot is written twice; no host sync."""
+        valid = torch.ones_like(row, dtype=torch.bool) if valid is None else valid
+        onehot = ((row[:, None] == torch.arange(len(self.capacity), device=row.device)) & valid[:, None]).long()
         rank = (onehot.cumsum(0) - 1).gather(1, row[:, None]).squeeze(1)  # position among this call's values of its row
         count = onehot.sum(0)
         cap = self.capacity[row]
-        keep = rank >= count[row] - cap
-        slot = (self.pos[row] + rank) % cap
-        self.values[row[keep], slot[keep]] = value[keep].to(self.values.dtype)
+        keep = valid & (rank >= count[row] - cap)
+        slot = torch.where(keep, (self.pos[row] + rank) % cap, self.width)
+        self.values[row, slot] = value.to(self.values.dtype)
         self.pos = (self.pos + count) % self.capacity
         self.filled = torch.minimum(self.filled + count, self.capacity)
 
     def means(self) -> torch.Tensor:
-        return self.values.sum(1) / self.filled.clamp(min=1)
+        return self.values[:, : self.width].sum(1) / self.filled.clamp(min=1)
 
     def full(self) -> torch.Tensor:
         return self.filled == self.capacity
@@ -193,7 +195,8 @@ class Constrained(Objective):
         the windows, measure each group's drop gap and step the multipliers of the groups measured."""
         n_groups = len(self.groups)
         known = codes != UNKNOWN
-        self.window.add(torch.cat([codes[known], torch.full_like(codes, n_groups)]), torch.cat([correct[known], correct]))
+        self.window.add(torch.cat([codes.clamp(min=0), torch.full_like(codes, n_groups)]), torch.cat([correct, correct]),
+                        torch.cat([known, torch.ones_like(known)]))
         acc, ready = self.window.means(), self.window.full()[:n_groups]
         gaps = (self.dense.group_acc - acc[:n_groups]) - (self.dense.acc - acc[n_groups])
         self.multipliers = ascend(self.multipliers, gaps, ready, self.params.epsilon, self.params.dual_lr)
