@@ -3,6 +3,7 @@ family and label, keeps older recipes' ids, and its objective replaces cross-ent
 fine-tuning a study runs (an objective equal to cross-entropy reproduces plain fine-tuning exactly)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,11 +13,11 @@ from faircompress.mitigate import OBJECTIVES, Objective, ObjectiveParams
 
 
 class _CEParams(ObjectiveParams):
-    scale: float = 1.0
+    smoothing: float = 0.0
 
 
 class PlainCE(Objective):
-    """Cross-entropy times ``scale``, counting its calls and checking what it is given."""
+    """Cross-entropy (with label smoothing), counting its calls and checking what it is given."""
 
     name, Params = "test-plain-ce", _CEParams
     calls: dict = {}
@@ -31,7 +32,7 @@ class PlainCE(Objective):
         PlainCE.calls["rows"] |= set(rows.tolist())
         assert len(rows) == len(y) == len(x) == len(logits) and logits.dtype == torch.float32
         assert torch.equal(torch.from_numpy(self.inputs.data.labels[self.inputs.train_rows[rows.cpu().numpy()]]).to(y.device), y)
-        return self.params.scale * F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=self.params.smoothing)
 
     def end_epoch(self, model, epoch):
         PlainCE.calls["end_epoch"].append(epoch)
@@ -51,16 +52,16 @@ def plain_ce():
 def test_the_option_is_validated_and_named_in_labels_families_and_keys(plain_ce):
     plain = parse_recipe([{"prune": {"sparsity": 0.5}}])
     assert plain.to_config() == [{"prune": {"sparsity": 0.5, "scope": "per_tensor", "frequency": 32, "epochs": 2}}]  # ids kept
-    mitigated = parse_recipe([{"prune": {"sparsity": 0.5, "fine_tune": {"objective": "test-plain-ce", "scale": 2}}}])
-    assert mitigated.to_config()[0]["prune"]["fine_tune"] == {"objective": "test-plain-ce", "scale": 2.0}
-    assert mitigated.technique == "prune-test-plain-ce" and mitigated.label == "prune 50% [test-plain-ce scale=2.0]"
+    mitigated = parse_recipe([{"prune": {"sparsity": 0.5, "fine_tune": {"objective": "test-plain-ce", "smoothing": 0.2}}}])
+    assert mitigated.to_config()[0]["prune"]["fine_tune"] == {"objective": "test-plain-ce", "smoothing": 0.2}
+    assert mitigated.technique == "prune-test-plain-ce" and mitigated.label == "prune 50% [test-plain-ce smoothing=0.2]"
     assert mitigated.key() != plain.key() and mitigated.level == plain.level
     cluster = parse_recipe([{"cluster": {"clusters": 4, "fine_tune": {"objective": "test-plain-ce"}}}])
     assert cluster.technique == "cluster-test-plain-ce" and cluster.label == "cluster 4 [test-plain-ce]"
     assert parse_recipe([{"cluster": {"clusters": 4}}]).technique == "cluster"
     for bad, message in [({"objective": "nope"}, "fine_tune: objective: unknown objective 'nope'"),
-                         ({"scale": 2}, "fine_tune: a mapping naming its objective"),
-                         ({"objective": "test-plain-ce", "scal": 2}, "fine_tune: scal: Extra inputs are not permitted")]:
+                         ({"smoothing": 0.2}, "fine_tune: a mapping naming its objective"),
+                         ({"objective": "test-plain-ce", "smooth": 2}, "fine_tune: smooth: Extra inputs are not permitted")]:
         with pytest.raises(RecipeError, match=message):
             parse_recipe([{"prune": {"sparsity": 0.5, "fine_tune": bad}}])
     with pytest.raises(RecipeError, match="epochs is 0"):
@@ -84,7 +85,7 @@ def test_an_objective_equal_to_cross_entropy_fine_tunes_exactly_as_plain_fine_tu
     n_train = len(plain_ce.calls["rows"])
     assert n_train > 0 and plain_ce.calls["rows"] <= set(range(n_train + 1))
     details = json.loads(variants.details_json["prune-test-plain-ce"])["steps"]["fine_tune"]
-    assert details == [{"objective": "test-plain-ce", "scale": 1.0, "batches": plain_ce.calls["loss"]}]
+    assert details == [{"objective": "test-plain-ce", "smoothing": 0.0, "batches": plain_ce.calls["loss"]}]
 
 
 def _prefixes(out, variants):
@@ -95,3 +96,33 @@ def _prefixes(out, variants):
     cfg = load_config(out / "config.yaml")
     by_id = {r.run_id: r.prefix_id for r in plan(cfg) if r.recipe is not None}
     return [by_id[variants.run_id["prune"]], by_id[variants.run_id["prune-test-plain-ce"]]]
+
+
+def test_the_report_sets_each_mitigated_variant_beside_its_twin(plain_ce, tiny_overrides):
+    from conftest import finished_mlp_study
+
+    from faircompress.report import analysis as A
+    from faircompress.report.mitigation import mitigation_figure, mitigation_table, twins
+    from faircompress.report.results import load_results
+
+    ce = {"objective": "test-plain-ce", "smoothing": 0.5}
+    recipes = [[{"prune": {"sparsity": 0.5, "epochs": 1}}], [{"prune": {"sparsity": 0.5, "epochs": 1, "fine_tune": ce}}],
+               [{"prune": {"sparsity": 0.7, "epochs": 1, "fine_tune": ce}}]]  # no twin: left out
+    out, store, runs = finished_mlp_study({**tiny_overrides, "train.lr": 0.02}, recipes, epochs=3)  # a model that learns something
+    res = load_results(store)
+    store.close()
+    pairs = twins(res)
+    assert [(p.mitigated.label, p.twin.label, p.objective) for p in pairs] == [
+        ("prune 50% [epochs=1] [test-plain-ce smoothing=0.5]", "prune 50% [epochs=1]", "test-plain-ce")]
+    table = mitigation_table(res, n_boot=50, seed=0)
+    assert set(table.attribute) == set(A.gap_groups(res)) and (table.variant == pairs[0].mitigated.label).all()
+    for r in table.itertuples():
+        gg = A.gap_groups(res)[r.attribute]
+        mit = A.model_gaps(res, res.population(pairs[0].mitigated), r.attribute, gg)[0].mean()
+        twin = A.model_gaps(res, res.population(pairs[0].twin), r.attribute, gg)[0].mean()
+        assert r.gap == mit and r.gap_twin == twin and r.gap_change == mit - twin  # mitigated minus twin
+        assert r.p_holm >= r.p or np.isnan(r.p)
+    acc = (res.population(pairs[0].mitigated) == res.y_true).mean() - (res.population(pairs[0].twin) == res.y_true).mean()
+    assert table.accuracy_change.iloc[0] == acc and table.accuracy_ci_low.iloc[0] <= table.accuracy_ci_high.iloc[0]
+    assert (res.population(pairs[0].mitigated) != res.population(pairs[0].twin)).any()  # the objective changed the fine-tuning
+    assert mitigation_figure(table, out / "figures").exists()

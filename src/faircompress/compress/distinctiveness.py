@@ -495,7 +495,7 @@ class DistinctStep(TrainStep):
             masks, record = matched_percentile(model, ctx.images(), p.similar_below, p.complementary_above, p.layers)
             where = f" ({record['largest_layer']})" if record["largest_layer"] is not None else ""
             ctx.note(f"{self.short()}: the largest share a layer would lose is {record['percent']:.1%}{where}; percentile "
-                     f"pruning at it removed {record['pruned_share']:.1%} of the non-zero weights of the {p.layers} kernels")
+                     f"pruning at it removed {record['pruned_share']:.1%} of the non-zero weights of the {'conv and dense' if p.layers == 'both' else p.layers} kernels")
         else:
             masks, record = distinctiveness_prune(model, ctx.images(), p.similar_below, p.complementary_above, p.layers)
             per_layer = ", ".join(f"{r['layer']} {r['removed']}/{r['units']}" for r in record["layers"])
