@@ -1,7 +1,8 @@
 """FairGRAPE pruning (`prune: {method: fairgrape, attribute: ...}`): its defining property (a weight
 only the minority group's loss depends on is kept where magnitude pruning drops it), the importance
 against a hand computation, exact per-kernel counts, the recipe's validation and identity, a study
-that runs it, and the refusal of data without group labels."""
+that runs it (paired with magnitude pruning in the report's mitigation section), and the refusal of
+data without group labels."""
 import json
 from types import SimpleNamespace
 
@@ -178,9 +179,16 @@ def test_data_without_group_labels_is_refused(tiny, tiny_overrides):
 def test_a_study_with_fairgrape_pruning_finishes(tiny_overrides):
     from conftest import finished_mlp_study
 
-    recipes = [[{"prune": {"method": "fairgrape", "sparsity": 0.5, "attribute": "gender", "epochs": 1}}]]
+    from faircompress.report.mitigation import twins
+    from faircompress.report.results import load_results
+
+    recipes = [[{"prune": {"method": "fairgrape", "sparsity": 0.5, "attribute": "gender", "epochs": 1}}],
+               [{"prune": {"sparsity": 0.5, "epochs": 1}}]]
     out, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=1)
+    pairs = twins(load_results(store))  # the report's mitigation section: fairgrape beside magnitude pruning
     store.close()
+    assert [(p.mitigated.label, p.twin.label, p.objective) for p in pairs] == [
+        ("prune 50% fairgrape gender [epochs=1]", "prune 50% [epochs=1]", "fairgrape (gender)")]
     row = runs[runs.technique == "prune-fairgrape"].iloc[0]
     assert row.label.startswith("prune 50% fairgrape gender")
     record = json.loads(row.details_json)["steps"]["prune"]["fairgrape"]
