@@ -75,6 +75,7 @@ def run_study(cfg: StudyConfig, hooks: Hooks | None = None) -> StudyReport:
     _check_own_files(cfg, data)
     _check_input(cfg, data)
     _check_layers(cfg, data)
+    _check_steps_data(cfg, data)
     data = _augmented(cfg, data, hooks)  # after the checks: they speak of the images loaded
     out = Path(cfg.output_dir)
     store = ResultStore(out)
@@ -254,6 +255,21 @@ def _check_layers(cfg: StudyConfig, data: FaceDataset) -> None:
         check_layer_names(cfg, data.input_shape)
     except LayerwiseError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_steps_data(cfg: StudyConfig, data: FaceDataset) -> None:
+    """Every training step can run on this dataset (e.g. fairgrape's attribute has group labels in the
+    training splits), before anything is written."""
+    from .compress.recipes import parse_recipe
+    from .train import training_splits
+
+    rows = data.indices(*training_splits(cfg.train.selection)[0])
+    for i, raw in enumerate(cfg.recipes):
+        for step in parse_recipe(raw).train_steps:
+            try:
+                step.check_data(data, rows)
+            except ValueError as e:
+                raise ConfigError(f"recipe {i + 1} ({step.name}): {e}") from None
 
 
 class _Blocked:

@@ -128,7 +128,9 @@ def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: H
                        note=hooks.note, input_shape=(data.channels, *data.image_size), details=details,
                        initial_model=initial if trains else None,
                        accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs,
-                       rewind=(lambda epoch: replay_baseline(cfg, run, data, epoch, baseline, hooks)) if trains else None)
+                       rewind=(lambda epoch: replay_baseline(cfg, run, data, epoch, baseline, hooks)) if trains else None,
+                       training_data=lambda: data.take(data.indices(*training_splits(cfg.train.selection)[0])),
+                       device=resolve_device(cfg.train.device))
 
 
 def _objective(cfg: StudyConfig, data: FaceDataset, baseline: Path, spec: dict) -> Objective:

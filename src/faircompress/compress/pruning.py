@@ -14,6 +14,9 @@
   kernel with zero share z ends at sparsity 1 - (1 - z)(1 - p) (40 % zeros at 50 %: 70 %); on a dense
   kernel it zeroes the same weights as magnitude. One-shot: the mask, existing zeros included, is fixed
   through fine-tuning (recomputing it would remove p % of the survivors again each time).
+- ``fairgrape``: Lin et al.'s fairness-aware pruning (``attribute`` names the groups): per kernel,
+  the weights kept so that each group keeps its share of the kernel's Taylor importance, in
+  ``rounds`` re-scored rounds; the final mask is fixed through fine-tuning. See `compress/fairgrape.py`.
 
 Per-layer sparsities (``sparsity: {layer: fraction, default: fraction}``, layer names as `prunable`
 gives them; or ``from_sensitivity``, chosen from the stored layer-wise sensitivity scan when the study
@@ -25,13 +28,14 @@ in the model.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..mitigate import FINE_TUNE_DESCRIPTION, FineTuneOption, check_tunes, describe, family
+from .fairgrape import fairgrape_prune, group_codes
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
@@ -171,7 +175,8 @@ class FixedMaskPruner(MagnitudePruner):
 
 # ----------------------------------------------------------------------------- recipe step
 
-METHODS = ("magnitude", "random", "percentile")
+METHODS = ("magnitude", "random", "percentile", "fairgrape")
+FAIRGRAPE_ONLY = ("attribute", "rounds", "round_epochs")  # parameters of fairgrape pruning alone
 DEFAULT_LAYER = "default"  # in a per-layer sparsity mapping: the level of every layer not named
 
 
@@ -191,7 +196,10 @@ class PruneParams(StepParams):
     scope: Literal["per_tensor", "global"] = "per_tensor"
     frequency: int = Field(32, ge=1, description="optimiser steps between mask updates (magnitude only)")
     epochs: int = Field(2, ge=0, description="fine-tuning epochs")
-    method: Literal["magnitude", "random", "percentile"] = Field("magnitude", description="which weights go")
+    method: Literal["magnitude", "random", "percentile", "fairgrape"] = Field("magnitude", description="which weights go")
+    attribute: str | None = Field(None, description="fairgrape: the attribute whose groups' importance each kernel keeps in proportion")
+    rounds: int = Field(5, ge=1, le=100, description="fairgrape: pruning rounds, re-scored between them (1: one-shot)")
+    round_epochs: int = Field(0, ge=0, description="fairgrape: fine-tuning epochs between rounds (the authors retrain there)")
     from_sensitivity: FromSensitivity | None = Field(
         None, description="per-layer sparsities from the stored sensitivity scan (`faircompress sensitivity` first); "
                           "faircompress writes them into `sparsity` when the study starts")
@@ -225,7 +233,20 @@ class PruneParams(StepParams):
         if self.overall is not None and not self.per_layer:
             raise ValueError("overall: only per-layer sparsities have one (it is derived, not given)")
         check_tunes(self.fine_tune, self.epochs)
+        self._fairgrape_consistent()
         return self
+
+    def _fairgrape_consistent(self) -> None:
+        if self.method != "fairgrape":
+            fields = type(self).model_fields
+            for name in FAIRGRAPE_ONLY:
+                if getattr(self, name) != fields[name].default:
+                    raise ValueError(f"{name}: only fairgrape pruning has it, not {self.method} pruning")
+            return
+        if self.attribute is None:
+            raise ValueError("attribute: required with method fairgrape (the attribute whose groups it balances, e.g. gender)")
+        if self.scope == "global":
+            raise ValueError("scope: fairgrape keeps each group's share per kernel; global ranking is not supported")
 
     @property
     def per_layer(self) -> bool:
@@ -275,10 +296,10 @@ def overall_sparsity(levels: dict[str, float], sizes: dict[str, int]) -> float:
 class PruneStep(TrainStep):
     name, Params, level = "prune", PruneParams, "sparsity"
     example = {"sparsity": 0.5, "epochs": 1}
-    quiet_defaults = ("method", "from_sensitivity", "overall", "fine_tune")  # added later: older recipes keep their keys and run ids
+    quiet_defaults = ("method", "from_sensitivity", "overall", "fine_tune", *FAIRGRAPE_ONLY)  # added later: older recipes keep their keys and run ids
 
     def technique(self) -> str:
-        """'prune' for magnitude pruning; 'prune-random' and 'prune-percentile' are their own families
+        """'prune' for magnitude pruning; 'prune-random', 'prune-percentile', 'prune-fairgrape' are their own families
         in the report (their own curves beside magnitude's), and so are per-layer sparsities
         ('prune-layerwise', 'prune-sensitivity' when chosen from the scan)."""
         p = self.params
@@ -287,8 +308,8 @@ class PruneStep(TrainStep):
 
     def short(self) -> str:
         p = self.params
-        method = "" if p.method == "magnitude" else f" {p.method}"
-        extras = self._extras("sparsity", "scope", "method", "from_sensitivity", "overall", "fine_tune") + describe(p.fine_tune)
+        method = ("" if p.method == "magnitude" else f" {p.method}") + (f" {p.attribute}" if p.attribute else "")
+        extras = self._extras("sparsity", "scope", "method", "from_sensitivity", "overall", "fine_tune", "attribute") + describe(p.fine_tune)
         if p.from_sensitivity is not None:
             fs = p.from_sensitivity
             inner = f"tol {100 * fs.tolerance:g}%" + (", gaps" if fs.gaps else "") + (f", {p.overall:.0%}" if p.overall is not None else "")
@@ -312,6 +333,8 @@ class PruneStep(TrainStep):
         elif p.method == "random":
             gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
             pruner = FixedMaskPruner(model, random_masks(weights, sparsity, p.scope, gen))
+        elif p.method == "fairgrape":
+            pruner = FixedMaskPruner(model, self._fairgrape(model, ctx, weights, sparsity))
         else:
             pruner = FixedMaskPruner(model, percentile_masks(weights, sparsity, p.scope))
         if p.epochs:
@@ -321,4 +344,24 @@ class PruneStep(TrainStep):
             found = pruner.sparsity_report()
             sizes = {k: w.numel() for k, w in prunable(model).items()}
             zeros = sum(found[k] * n for k, n in sizes.items())
-            ctx.details["prune"] = {"sparsity": found, "overall": zeros / sum(sizes.values()) if sizes else 0.0}
+            ctx.details["prune"] = {**ctx.details.get("prune", {}), "sparsity": found, "overall": zeros / sum(sizes.values()) if sizes else 0.0}
+
+    def check_data(self, data: Any, rows: Any) -> None:
+        """fairgrape needs the training images' groups of its attribute."""
+        if self.params.method == "fairgrape":
+            group_codes(data, self.params.attribute, rows)  # type: ignore[arg-type]
+
+    def _fairgrape(self, model: nn.Module, ctx: TuneContext, weights: dict[str, nn.Parameter], sparsity: Sparsity) -> dict[str, torch.Tensor]:
+        """The fixed masks of fairgrape's rounds (fine-tuned between them with ``round_epochs``); the rounds'
+        record (each group's retained share of its importance) in ``details['prune']['fairgrape']``."""
+        p = self.params
+        levels = {k: _level(sparsity, k) for k in weights}
+        objective = {"objective": p.fine_tune} if p.fine_tune else {}
+
+        def between(masks: dict[str, torch.Tensor]) -> None:
+            if p.round_epochs:
+                ctx.fine_tune(model, p.round_epochs, FixedMaskPruner(model, masks).after_step, **objective)
+
+        masks, record = fairgrape_prune(model, lambda: prunable(model), levels, p.attribute, p.rounds, ctx, between)  # type: ignore[arg-type]
+        ctx.details["prune"] = {**ctx.details.get("prune", {}), "fairgrape": record}
+        return masks

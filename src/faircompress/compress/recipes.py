@@ -96,6 +96,11 @@ class TrainStep(Step):
         in ``ctx.records[self.name]`` (None when it put nothing), so the fine-tuned checkpoint's state
         dict loads into it. Steps that keep the architecture (most) leave this as is: nothing to do."""
 
+    def check_data(self, data: Any, rows: Any) -> None:
+        """A `ValueError` (one line, naming the field) when the step cannot run on the dataset ``data``
+        whose training images are ``rows`` (e.g. it needs group labels the dataset lacks); checked when a
+        study starts, before anything is trained. Most steps run on any data: nothing to check."""
+
 
 class ExportStep(Step):
     """Decides how the model is exported, or transforms the exported ONNX file."""
@@ -141,7 +146,10 @@ class TuneContext:
     before this one and then ``step`` in its place make, and what its steps recorded (a study makes it
     once and shares it with the runs that have those steps: a later round of an iterative technique
     continues from the round before); ``rewind(epoch)`` the baseline after that many epochs of its
-    own training (replayed from its initial weights and seed) and a record of the replay."""
+    own training (replayed from its initial weights and seed) and a record of the replay.
+    ``training_data()`` the images fine-tuning trains on with their labels and groups, as a
+    `FaceDataset` of those rows (the training splits, `train.training_splits`), for steps that score
+    weights per group (fairgrape); ``device`` the training device (None: the CPU)."""
 
     fine_tune: Callable[..., Any]
     seed: int
@@ -155,6 +163,8 @@ class TuneContext:
     train_epochs: int | None = None
     earlier: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
     rewind: Callable[[int], tuple[Any, dict[str, Any]]] | None = None
+    training_data: Callable[[], Any] | None = None
+    device: Any = None
 
 
 @dataclass(frozen=True)

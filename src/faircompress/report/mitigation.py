@@ -39,7 +39,9 @@ def _recipe(res: StudyResults, variant: Variant) -> list[dict] | None:
 
 
 def _without_objective(steps: list[dict]) -> tuple[str, list[str]]:
-    """The recipe with every step's ``fine_tune`` removed (as JSON, a key), and the objectives removed."""
+    """The recipe with every step's ``fine_tune`` removed (as JSON, a key), and the objectives removed.
+    Fairness-aware pruning (`prune: {method: fairgrape}`) is a remedy too: its twin is magnitude pruning
+    with the same other parameters (its own parameters removed), its objective 'fairgrape (attribute)'."""
     plain, objectives = [], []
     for step in steps:
         (name, params), = step.items()
@@ -47,6 +49,9 @@ def _without_objective(steps: list[dict]) -> tuple[str, list[str]]:
         spec = params.pop("fine_tune", None)
         if spec:
             objectives.append(spec["objective"])
+        if name == "prune" and params.get("method") == "fairgrape":
+            objectives.append(f"fairgrape ({params.get('attribute')})")
+            params = {k: v for k, v in params.items() if k not in ("method", "attribute", "rounds", "round_epochs")}
         plain.append({name: params})
     return json.dumps(plain, sort_keys=True), objectives
 
