@@ -170,3 +170,17 @@ def test_a_study_fine_tunes_with_constraints_and_records_the_multipliers(tiny_ov
     assert all(len(v) == 2 and min(v) >= 0 for v in rec["multipliers"].values())
     assert all(v is not None for v in rec["drop_gaps"].values())  # both groups measured, though smaller than the memory
     assert set(rec["drop_gaps"]) == {"female", "male"} and 0 < rec["dense_train_accuracy"]["overall"] <= 1
+
+
+def test_a_study_refuses_an_attribute_its_dataset_lacks_before_training(tiny_overrides):
+    from pathlib import Path
+
+    from faircompress.config import ConfigError, load_config
+    from faircompress.study import run_study
+
+    for step in ({"cluster": {"clusters": 4, "epochs": 1, "fine_tune": {"objective": "constrained", "attribute": "nope"}}},
+                 {"prune": {"sparsity": 0.5, "epochs": 1, "fine_tune": {"objective": "constrained", "attribute": "nope"}}}):
+        cfg = load_config(None, {**tiny_overrides, "recipes": [[step]]})
+        with pytest.raises(ConfigError, match=r"recipe 1 \((cluster|prune)\): fine_tune: constrained: dataset synthetic has no attribute 'nope'"):
+            run_study(cfg)
+        assert not Path(cfg.output_dir).exists()  # nothing trained, nothing written

@@ -10,7 +10,7 @@ Stripping replaces each kernel by ``c[idx]``: at most N distinct values (plus ex
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from .pruning import named_layer, prunable
 from ..mitigate import FINE_TUNE_DESCRIPTION, FineTuneOption, check_tunes, describe, family
+from ..mitigate import check_data as check_fine_tune_data
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
 
@@ -192,6 +193,10 @@ class ClusterStep(TrainStep):
 
     def technique(self) -> str:
         return family("cluster", self.params.fine_tune)
+
+    def check_data(self, data: Any, rows: Any) -> None:
+        """The fine-tuning's objective may need group labels of the training images."""
+        check_fine_tune_data(self.params.fine_tune, data, rows)
 
     def short(self) -> str:
         p = self.params

@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..mitigate import FINE_TUNE_DESCRIPTION, FineTuneOption, check_tunes, describe, family
+from ..mitigate import check_data as check_fine_tune_data
 from .fairgrape import fairgrape_prune, group_codes
 from .recipes import STEPS, StepParams, TrainStep, TuneContext
 
@@ -347,9 +348,10 @@ class PruneStep(TrainStep):
             ctx.details["prune"] = {**ctx.details.get("prune", {}), "sparsity": found, "overall": zeros / sum(sizes.values()) if sizes else 0.0}
 
     def check_data(self, data: Any, rows: Any) -> None:
-        """fairgrape needs the training images' groups of its attribute."""
+        """fairgrape needs the training images' groups of its attribute; so may the fine-tuning's objective."""
         if self.params.method == "fairgrape":
             group_codes(data, self.params.attribute, rows)  # type: ignore[arg-type]
+        check_fine_tune_data(self.params.fine_tune, data, rows)
 
     def _fairgrape(self, model: nn.Module, ctx: TuneContext, weights: dict[str, nn.Parameter], sparsity: Sparsity) -> dict[str, torch.Tensor]:
         """The fixed masks of fairgrape's rounds (fine-tuned between them with ``round_epochs``); the rounds'

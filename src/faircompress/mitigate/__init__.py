@@ -74,6 +74,11 @@ class Objective:
         return {}
 
     @classmethod
+    def check_data(cls, params: ObjectiveParams, data: "FaceDataset", train_rows: np.ndarray) -> None:
+        """A `ValueError` when the objective cannot run on ``data`` (e.g. it needs group labels the
+        training images lack); a study checks it before anything is trained. Most objectives run on any data."""
+
+    @classmethod
     def short(cls, params: ObjectiveParams) -> str:
         """For labels: the name and the parameters that differ from their defaults."""
         shown = params.model_dump(exclude_defaults=True)
@@ -107,6 +112,17 @@ def build_objective(spec: dict[str, Any], inputs: ObjectiveInputs) -> Objective:
     """The objective a normalised ``fine_tune`` option names, made for ``inputs``."""
     cls = OBJECTIVES.get(spec["objective"])
     return cls(cls.Params.model_validate({k: v for k, v in spec.items() if k != "objective"}), inputs)
+
+
+def check_data(spec: dict[str, Any] | None, data: "FaceDataset", train_rows: np.ndarray) -> None:
+    """The named objective's `Objective.check_data` (nothing without one); its error names the option."""
+    if spec is None:
+        return
+    cls = OBJECTIVES.get(spec["objective"])
+    try:
+        cls.check_data(cls.Params.model_validate({k: v for k, v in spec.items() if k != "objective"}), data, train_rows)
+    except ValueError as e:
+        raise ValueError(f"fine_tune: {e}") from None
 
 
 def describe(spec: dict[str, Any] | None) -> str:

@@ -172,6 +172,10 @@ class Constrained(Objective):
         self.trajectory: list[list[float]] = []
         self.gaps: torch.Tensor | None = None
 
+    @classmethod
+    def check_data(cls, params: ConstrainedParams, data: FaceDataset, train_rows: np.ndarray) -> None:  # type: ignore[override]
+        training_groups(data, train_rows, params.attribute)
+
     def start(self, model: torch.nn.Module) -> None:
         inp, n_groups = self.inputs, len(self.groups)
         self.codes = torch.from_numpy(self._codes_np.astype(np.int64)).to(inp.device)
