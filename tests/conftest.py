@@ -83,6 +83,7 @@ REPORT_GRID = [
     [{"prune": {"sparsity": 0.5, "epochs": 1}}],
     [{"prune": {"sparsity": 0.7, "epochs": 1}}],
     [{"prune": {"sparsity": 0.5, "epochs": 1}}, {"quantize": {"mode": "int8-weights"}}],
+    [{"prune": {"sparsity": 0.5, "epochs": 1, "fine_tune": {"objective": "distill"}}}],  # the mitigation section's twin of the 2nd
 ]
 
 

@@ -14,7 +14,8 @@ from faircompress.store import ResultStore
 from conftest import REPORT_GRID
 
 SECTIONS = ["Accuracy per group", "What each file costs to ship", "Gaps and their change", "Power: the smallest gap change",
-            "Paired tests per group", "Compression-identified exemplars", "CEV and SDE", "Weight spread of the baseline files",
+            "Paired tests per group", "Compression-identified exemplars", "CEV and SDE", "Mitigation: each mitigated variant beside its twin",
+            "Weight spread of the baseline files",
             "Where each pruning level cuts", "Layers of each file", "The data: images per class and split",
             "The data: images per group and split", "The data: each group"]
 
@@ -26,7 +27,7 @@ def test_run_ends_with_a_self_contained_report(study):
     imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]{100,})"', html)
     figs = sorted(p.stem for p in (study / "figures").glob("*.png"))
     assert sorted(a for a, _ in imgs) == figs
-    assert {"levels-prune", "gap-vs-size", "sizes", "confusion-gender"} <= set(figs)
+    assert {"levels-prune", "gap-vs-size", "sizes", "confusion-gender", "mitigation"} <= set(figs)
     assert any(f.startswith("weights-") for f in figs)
     assert all((study / "figures" / f"{f}.svg").exists() for f in figs)
     assert "http://" not in html and "https://" not in html  # opens offline
