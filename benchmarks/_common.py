@@ -30,6 +30,21 @@ class PrintHooks(Hooks):
     def note(self, text): print(f"  {text}", flush=True)
 
 
+def study_results(cfg, what: str):
+    """Run (or reuse) the study ``cfg`` with progress printed; stop naming ``what`` if a run failed;
+    its loaded results (`report.results.StudyResults`)."""
+    from faircompress.report.results import load_results
+
+    report = run_study(cfg, PrintHooks())
+    if report.failed:
+        raise SystemExit(f"{what}: runs failed: {report.failed}")
+    store = ResultStore.open_existing(cfg.output_dir)
+    try:
+        return load_results(store)
+    finally:
+        store.close()
+
+
 def run(name: str, overrides: dict) -> dict:
     """Run (or reuse) a study and return per-seed predictions with subjects and attributes."""
     cfg = load_config(None, {"output_dir": str(BENCH_DIR / name), "name": name, "recipes": [], **overrides})

@@ -26,14 +26,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import BENCH_DIR, PrintHooks  # noqa: E402
+from _common import BENCH_DIR, study_results  # noqa: E402
 
 from faircompress.config import load_config  # noqa: E402
 from faircompress.report.analysis import gap_table  # noqa: E402
 from faircompress.report.mitigation import mitigation_table  # noqa: E402
-from faircompress.report.results import load_results  # noqa: E402
-from faircompress.store import ResultStore  # noqa: E402
-from faircompress.study import run_study  # noqa: E402
 
 PLANTED = ROOT / "configs" / "synthetic-planted.yaml"
 ATTRIBUTE = "gender"
@@ -54,14 +51,7 @@ def study(seed: int, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFra
                                 "recipes": recipes(args.sparsity), "output_dir": str(args.out / f"seed-{seed}"),
                                 "name": f"mitigation-{seed}"})
     t = time.perf_counter()
-    report = run_study(cfg, PrintHooks())
-    if report.failed:
-        raise SystemExit(f"seed {seed}: runs failed: {report.failed}")
-    store = ResultStore.open_existing(cfg.output_dir)
-    try:
-        res = load_results(store)
-    finally:
-        store.close()
+    res = study_results(cfg, f"seed {seed}")
     gaps, mitigation = gap_table(res, n_boot=args.bootstrap, seed=seed), mitigation_table(res, n_boot=args.bootstrap, seed=seed)
     print(f"  seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     return gaps[gaps.attribute == ATTRIBUTE], mitigation[mitigation.attribute == ATTRIBUTE]

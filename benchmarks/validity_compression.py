@@ -22,13 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import BENCH_DIR, PrintHooks  # noqa: E402
+from _common import BENCH_DIR, study_results  # noqa: E402
 
 from faircompress.config import load_config  # noqa: E402
 from faircompress.report.analysis import gap_table  # noqa: E402
-from faircompress.report.results import load_results  # noqa: E402
-from faircompress.store import ResultStore  # noqa: E402
-from faircompress.study import run_study  # noqa: E402
 
 PLANTED = ROOT / "configs" / "synthetic-planted.yaml"
 ATTRIBUTE = "gender"  # the planted group's attribute
@@ -43,14 +40,7 @@ def study(kind: str, seed: int, n_boot: int):
     cfg = load_config(PLANTED, {"dataset.params": params, "seeds": [seed], "output_dir": str(BENCH_DIR / "validity" / f"{kind}-{seed}"),
                                 "name": f"validity-{kind}-{seed}"})
     t = time.perf_counter()
-    report = run_study(cfg, PrintHooks())
-    if report.failed:
-        raise SystemExit(f"{kind} seed {seed}: runs failed: {report.failed}")
-    store = ResultStore.open_existing(cfg.output_dir)
-    try:
-        gaps = gap_table(load_results(store), n_boot=n_boot, seed=seed)
-    finally:
-        store.close()
+    gaps = gap_table(study_results(cfg, f"{kind} seed {seed}"), n_boot=n_boot, seed=seed)
     print(f"  {kind} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     return gaps[gaps.p.notna()]
 
