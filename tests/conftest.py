@@ -29,16 +29,16 @@ def tiny_overrides(tmp_path):
     }
 
 
-def finished_mlp_study(overrides: dict, recipes: list, epochs: int):
-    """Run a tiny study of pca_mlp (hidden 30) with ``recipes``, one repeat, nothing measured but
-    accuracy; check every run finished. Returns (output folder, open store, its runs)."""
+def finished_mlp_study(overrides: dict, recipes: list, epochs: int, model: dict | None = None):
+    """Run a tiny study of pca_mlp (hidden 30; or ``model``) with ``recipes``, one repeat, nothing
+    measured but accuracy; check every run finished. Returns (output folder, open store, its runs)."""
     from pathlib import Path
 
     from faircompress.config import load_config
     from faircompress.store import ResultStore
     from faircompress.study import run_study
 
-    cfg = load_config(None, {**overrides, "model": {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": epochs,
+    cfg = load_config(None, {**overrides, "model": model or {"name": "pca_mlp", "params": {"hidden": 30}}, "train.epochs": epochs,
                              "evaluation.memory": False, "evaluation.latency": False, "recipes": recipes, "repeats": 1})
     run_study(cfg)
     out = Path(cfg.output_dir)
@@ -49,7 +49,7 @@ def finished_mlp_study(overrides: dict, recipes: list, epochs: int):
 
 
 def plain_and_mitigated(overrides: dict, fine_tune: dict, step: tuple[str, dict] = ("prune", {"sparsity": 0.5, "epochs": 2}),
-                        epochs: int = 1) -> dict:
+                        epochs: int = 1, model: dict | None = None) -> dict:
     """A tiny pca_mlp study (`finished_mlp_study`) of one compression step twice: plainly fine-tuned
     and with the ``fine_tune`` option. Returns, for 'plain' and 'mitigated': the variant's test
     predictions (``preds``), its fine-tuned weights (``weights``, before export) and ``details``;
@@ -62,7 +62,7 @@ def plain_and_mitigated(overrides: dict, fine_tune: dict, step: tuple[str, dict]
     from faircompress.plan import plan
 
     name, params = step
-    out, store, runs = finished_mlp_study(overrides, [[{name: params}], [{name: {**params, "fine_tune": fine_tune}}]], epochs)
+    out, store, runs = finished_mlp_study(overrides, [[{name: params}], [{name: {**params, "fine_tune": fine_tune}}]], epochs, model)
     prefixes = {r.run_id: r.prefix_id for r in plan(load_config(out / "config.yaml")) if r.recipe is not None}
     found: dict = {"out": out}
     for role, technique in (("plain", name), ("mitigated", f"{name}-{fine_tune['objective']}")):

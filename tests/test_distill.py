@@ -119,10 +119,13 @@ def test_the_teacher_is_never_updated_and_no_hook_outlives_fine_tuning():
     assert last["epoch"] == 2 and all(math.isfinite(last[k]) and last[k] >= 0 for k in ("ce", "kl", "feature_mse"))
 
 
-def test_alpha_one_fine_tunes_exactly_as_plain_fine_tuning(tiny_overrides):
+@pytest.mark.parametrize("model", [None, {"name": "paper_cnn", "params": {}}], ids=["pca_mlp", "paper_cnn-dropout"])
+def test_alpha_one_fine_tunes_exactly_as_plain_fine_tuning(tiny_overrides, model):
+    """Also with dropout on the CPU, whose masks come from the seeded stream: building the teacher
+    must not draw from it."""
     from conftest import plain_and_mitigated
 
-    found = plain_and_mitigated(tiny_overrides, {"objective": "distill", "alpha": 1.0, "temperature": 2.0})
+    found = plain_and_mitigated(tiny_overrides, {"objective": "distill", "alpha": 1.0, "temperature": 2.0}, model=model)
     plain, distilled = found["plain"], found["mitigated"]
     assert plain["preds"] == distilled["preds"]
     assert plain["weights"].keys() == distilled["weights"].keys()

@@ -182,13 +182,17 @@ def test_a_study_with_fairgrape_pruning_finishes(tiny_overrides):
     from faircompress.report.mitigation import twins
     from faircompress.report.results import load_results
 
-    recipes = [[{"prune": {"method": "fairgrape", "sparsity": 0.5, "attribute": "gender", "epochs": 1}}],
-               [{"prune": {"sparsity": 0.5, "epochs": 1}}]]
+    fairgrape = {"method": "fairgrape", "sparsity": 0.5, "attribute": "gender", "epochs": 1}
+    recipes = [[{"prune": fairgrape}], [{"prune": {**fairgrape, "sparsity": 0.7, "rounds": 2, "round_epochs": 1}}],
+               [{"prune": {"sparsity": 0.5, "epochs": 1}}], [{"prune": {"sparsity": 0.7, "epochs": 1}}],
+               [{"prune": {"sparsity": 0.5, "epochs": 1, "method": "percentile"}}]]
     out, store, runs = finished_mlp_study(tiny_overrides, recipes, epochs=1)
-    pairs = twins(load_results(store))  # the report's mitigation section: fairgrape beside magnitude pruning
+    pairs = twins(load_results(store))  # the report's mitigation section: fairgrape beside a fixed mask where it can
     store.close()
     assert [(p.mitigated.label, p.twin.label, p.objective) for p in pairs] == [
-        ("prune 50% fairgrape gender [epochs=1]", "prune 50% [epochs=1]", "fairgrape (gender)")]
+        ("prune 50% fairgrape gender [epochs=1]", "prune 50% percentile [epochs=1]", "fairgrape (gender)"),
+        ("prune 70% fairgrape gender [epochs=1, rounds=2, round_epochs=1]", "prune 70% [epochs=1]",
+         "fairgrape (gender, +1 epochs between rounds)")]
     row = runs[runs.technique == "prune-fairgrape"].iloc[0]
     assert row.label.startswith("prune 50% fairgrape gender")
     record = json.loads(row.details_json)["steps"]["prune"]["fairgrape"]

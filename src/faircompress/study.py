@@ -261,9 +261,9 @@ def _check_steps_data(cfg: StudyConfig, data: FaceDataset) -> None:
     """Every training step can run on this dataset (e.g. fairgrape's attribute has group labels in the
     training splits), before anything is written."""
     from .compress.recipes import parse_recipe
-    from .train import training_splits
+    from .train import training_rows
 
-    rows = data.indices(*training_splits(cfg.train.selection)[0])
+    rows = training_rows(data, cfg.train.selection)
     for i, raw in enumerate(cfg.recipes):
         for step in parse_recipe(raw).train_steps:
             try:

@@ -183,12 +183,17 @@ def training_splits(selection: str) -> tuple[tuple[str, ...], str]:
     return (("train", "val"), "test") if selection == "test" else (("train",), "val")
 
 
+def training_rows(data: FaceDataset, selection: str) -> np.ndarray:
+    """The dataset rows a model trains on under ``selection`` (train, or train and val when test selects)."""
+    return data.indices(*training_splits(selection)[0])
+
+
 def fit_to_training(model: nn.Module, data: FaceDataset, selection: str) -> bool:
     """Before training: a model with state fitted to data (`FitsToData`, e.g. pca_mlp's PCA) fits it on
     the images it will train on, never the selection split. Returns whether the model has such state."""
     if not isinstance(model, FitsToData):
         return False
-    model.fit_to_training(data.images[data.indices(*training_splits(selection)[0])])
+    model.fit_to_training(data.images[training_rows(data, selection)])
     return True
 
 

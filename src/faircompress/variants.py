@@ -24,7 +24,7 @@ from .plan import Hooks, PlannedRun
 from .store import RunResult
 from .mitigate import Objective, ObjectiveInputs, build_objective
 from .train import (FitResult, checkpoint_metadata, fit, fit_to_training, load_checkpoint, predict, resolve_device, resolve_precision,
-                    save_checkpoint, training_splits)
+                    save_checkpoint, training_rows)
 
 
 def run_variant(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -129,7 +129,7 @@ def _tune_context(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, hooks: H
                        initial_model=initial if trains else None,
                        accuracy=lambda m, split: split_accuracy(m, data, split, cfg.train.eval_batch_size), train_epochs=cfg.train.epochs,
                        rewind=(lambda epoch: replay_baseline(cfg, run, data, epoch, baseline, hooks)) if trains else None,
-                       training_data=lambda: data.take(data.indices(*training_splits(cfg.train.selection)[0])),
+                       training_data=lambda: data.take(training_rows(data, cfg.train.selection)),
                        device=resolve_device(cfg.train.device))
 
 
@@ -137,12 +137,13 @@ def _objective(cfg: StudyConfig, data: FaceDataset, baseline: Path, spec: dict) 
     """The fine-tuning objective ``spec`` names, with the baseline as its teacher."""
     device = resolve_device(cfg.train.device)
 
-    def teacher() -> torch.nn.Module:
-        model = cfg.model.build(data.input_shape)
+    def teacher() -> torch.nn.Module:  # built without drawing from the seeded stream fit's dropout draws from
+        with torch.random.fork_rng(devices=[]):
+            model = cfg.model.build(data.input_shape)
         load_checkpoint(model, baseline)
         return model.to(device).eval()
 
-    rows = data.indices(*training_splits(cfg.train.selection)[0])
+    rows = training_rows(data, cfg.train.selection)
     return build_objective(spec, ObjectiveInputs(data, rows, teacher, device, resolve_precision(cfg.train.precision, device)))
 
 

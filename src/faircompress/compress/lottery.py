@@ -200,6 +200,8 @@ class TicketStep(TrainStep):
             build = lambda: ctx.initial_model(seed)  # noqa: E731
             record |= {"init_seed": seed, "reset_to": f"a fresh random initialisation (from scratch, seed {seed})"}
         elif p.rewind_epoch:
+            if ctx.train_epochs is not None and p.rewind_epoch > ctx.train_epochs:
+                raise ValueError(f"ticket: rewind_epoch {p.rewind_epoch} is beyond the baseline's {ctx.train_epochs} training epochs")
             if ctx.rewind is None:
                 raise ValueError("ticket: rewind_epoch needs the baseline's training replayed, which this context cannot do (TuneContext.rewind)")
             rewound, replay = ctx.rewind(p.rewind_epoch)

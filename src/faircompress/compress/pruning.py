@@ -233,7 +233,7 @@ class PruneParams(StepParams):
             raise ValueError("scope: global ranks all layers together; per-layer sparsities are per tensor")
         if self.overall is not None and not self.per_layer:
             raise ValueError("overall: only per-layer sparsities have one (it is derived, not given)")
-        check_tunes(self.fine_tune, self.epochs)
+        check_tunes(self.fine_tune, self.epochs + ((self.rounds - 1) * self.round_epochs if self.method == "fairgrape" else 0))
         self._fairgrape_consistent()
         return self
 

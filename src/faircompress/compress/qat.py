@@ -30,7 +30,7 @@ very tensor the layer gets (int8-static gives a tensor that comes out of a pooli
 reshaping op that op's input range instead: the same after ReLU and max pooling, wider after average
 pooling). They are then kept FIXED, not tracked by an exponential moving average: the file's ranges
 are known from the start, every epoch (and so the selection of the best one) is scored with exactly
-the file's quantisation, and the restored best checkpoint cannot carry ranges from another epoch. Gradients pass straight through where the code
+the file's quantisation (in fp32 training; under bf16 autocast the dequantised values are rounded to bf16 on their way into the next layer, so training sees the file's codes to bf16's precision), and the restored best checkpoint cannot carry ranges from another epoch. Gradients pass straight through where the code
 fell inside 0..255 and are zero where it was clipped (the usual straight-through estimator).
 
 The quantisers are `ActivationQuant` children (``<layer>.input_quant``, buffers ``scale`` and

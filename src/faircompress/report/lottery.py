@@ -96,17 +96,12 @@ def ticket_curves(res: StudyResults, out: Path) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     levels = sorted({_level(recs[0]) for _, recs in tickets})
+    iterative = _iterative(tickets)
     fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 3.4), squeeze=False, layout="constrained")
     for ax, level in zip(axes[0], levels):
         unpruned = []
         for v, recs in (t for t in tickets if _level(t[1][0]) == level):
-            curves = pd.DataFrame([{"epoch": e["epoch"], "acc": e["test_acc"], "run": i} for i, r in enumerate(recs)
-                                   for e in [{"epoch": 0, "test_acc": r.get("start_test_acc")}, *r["per_epoch"]]
-                                   if e.get("test_acc") is not None])
-            stats = curves.groupby("epoch").acc.agg(["mean", "std"]).fillna(0.0) * 100
-            name = _series(recs[0])
-            line, = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=f"{name} ({len(recs)} run(s))")
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15, color=line.get_color())
+            _plot_runs(ax, recs, _series(recs[0], iterative))
             unpruned += [r["unpruned_test_acc"] for r in recs if r.get("unpruned_test_acc") is not None]
         if unpruned:
             ax.axhline(100 * float(np.mean(unpruned)), color="black", ls="--", lw=1, label="unpruned model")
@@ -121,10 +116,19 @@ def _level(rec: dict) -> float:
     return round(overall_sparsity(rec["sparsity"], rec.get("rounds", 1)), 6)
 
 
-def _series(rec: dict) -> str:
-    """The curve a ticket belongs to: the ticket or a control, with its scope and rewind point."""
+def _iterative(tickets: list[tuple[Variant, list[dict]]]) -> set[float]:
+    """The per-round sparsities the study ran iterative tickets (more than one round) at."""
+    return {recs[0]["sparsity"] for _, recs in tickets if recs[0].get("rounds", 1) > 1}
+
+
+def _series(rec: dict, iterative: set[float]) -> str:
+    """The curve a ticket belongs to: the ticket or a control, with its scope and rewind point; where
+    the study has iterative tickets, its per-round sparsity (a chain's first round is one of its
+    points) or 'one-shot', and its retraining epochs."""
     name = CONTROL_NAMES.get(rec["control"], rec["control"])
-    extras = [("global" if rec.get("scope") == "global" else ""), (f"rewind {rec['rewind_epoch']}" if rec.get("rewind_epoch") else "")]
+    chain = f"{rec['sparsity']:.0%} per round" if rec["sparsity"] in iterative else "one-shot" if iterative else ""
+    extras = [("global" if rec.get("scope") == "global" else ""), (f"rewind {rec['rewind_epoch']}" if rec.get("rewind_epoch") else ""),
+              chain, f"{rec['epochs']} epochs" if iterative else ""]
     return name + "".join(f", {e}" for e in extras if e)
 
 
@@ -135,8 +139,10 @@ def ticket_sparsity_curves(res: StudyResults, out: Path) -> Path | None:
     did; open marker: the epoch of the best accuracy where none did). One line per ticket and control
     with at least two levels; None when there is none."""
     series: dict[str, list[tuple[float, list[dict]]]] = {}
-    for _, recs in _tickets(res):
-        series.setdefault(_series(recs[0]), []).append((_level(recs[0]), recs))
+    tickets = _tickets(res)
+    iterative = _iterative(tickets)
+    for _, recs in tickets:
+        series.setdefault(_series(recs[0], iterative), []).append((_level(recs[0]), recs))
     series = {k: sorted(v, key=lambda t: t[0]) for k, v in series.items() if len({lvl for lvl, _ in v}) > 1}
     if not series:
         return None
@@ -177,8 +183,7 @@ def ticket_sparsity_curves(res: StudyResults, out: Path) -> Path | None:
 
 def _recipe_step(res: StudyResults, variant: Variant) -> tuple[str, dict] | None:
     """The variant's one step and its parameters as the recipe was stored (None for several steps)."""
-    raw = res.runs.set_index("run_id").recipe_json.get(variant.run_ids[0]) if variant.run_ids else None
-    steps = json.loads(raw) if isinstance(raw, str) else None
+    steps = res.recipe_steps(variant)
     if not isinstance(steps, list) or len(steps) != 1:
         return None
     (name, params), = steps[0].items()

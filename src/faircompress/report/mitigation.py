@@ -33,16 +33,18 @@ class Twin:
     objective: str
 
 
-def _recipe(res: StudyResults, variant: Variant) -> list[dict] | None:
-    raw = res.runs.set_index("run_id").recipe_json.get(variant.run_ids[0]) if variant.run_ids else None
-    return json.loads(raw) if isinstance(raw, str) else None
+FAIRGRAPE_ONLY = ("method", "attribute", "rounds", "round_epochs")  # fairgrape's own parameters
 
 
-def _without_objective(steps: list[dict]) -> tuple[str, list[str]]:
-    """The recipe with every step's ``fine_tune`` removed (as JSON, a key), and the objectives removed.
-    Fairness-aware pruning (`prune: {method: fairgrape}`) is a remedy too: its twin is magnitude pruning
-    with the same other parameters (its own parameters removed), its objective 'fairgrape (attribute)'."""
-    plain, objectives = [], []
+def _without_objective(steps: list[dict]) -> tuple[list[str], list[str]]:
+    """The keys (JSON) of the recipes that are this one's unmitigated twin, best first, and the
+    remedies taken out. A step's ``fine_tune`` is removed. Fairness-aware pruning (`prune: {method:
+    fairgrape}`) is a remedy too: its twin is percentile pruning with the same other parameters (a
+    fixed mask chosen once, as fairgrape's), else magnitude pruning (whose mask moves during
+    fine-tuning: the pair then differs in that too); its remedy reads 'fairgrape (attribute)', with
+    the epochs it fine-tunes between its rounds, which the twin does not get."""
+    variants: list[list[dict]] = [[]]
+    objectives: list[str] = []
     for step in steps:
         (name, params), = step.items()
         params = dict(params or {})
@@ -50,26 +52,34 @@ def _without_objective(steps: list[dict]) -> tuple[str, list[str]]:
         if spec:
             objectives.append(spec["objective"])
         if name == "prune" and params.get("method") == "fairgrape":
-            objectives.append(f"fairgrape ({params.get('attribute')})")
-            params = {k: v for k, v in params.items() if k not in ("method", "attribute", "rounds", "round_epochs")}
-        plain.append({name: params})
-    return json.dumps(plain, sort_keys=True), objectives
+            extra = (params.get("rounds", 5) - 1) * params.get("round_epochs", 0)
+            objectives.append(f"fairgrape ({params.get('attribute')}" + (f", +{extra} epochs between rounds" if extra else "") + ")")
+            rest = {k: v for k, v in params.items() if k not in FAIRGRAPE_ONLY}
+            variants = [v + [{name: twin}] for twin in ({**rest, "method": "percentile"}, rest) for v in variants]
+        else:
+            variants = [v + [{name: params}] for v in variants]
+    return [json.dumps(v, sort_keys=True) for v in variants], objectives
 
 
 def twins(res: StudyResults) -> list[Twin]:
     """Each mitigated variant with its unmitigated twin, where the study ran both."""
     plain: dict[str, Variant] = {}
-    mitigated: list[tuple[Variant, str, list[str]]] = []
+    mitigated: list[tuple[Variant, list[str], list[str]]] = []
     for v in res.variants:
-        steps = _recipe(res, v)
+        steps = res.recipe_steps(v)
         if steps is None:
             continue
-        key, objectives = _without_objective(steps)
+        keys, objectives = _without_objective(steps)
         if objectives:
-            mitigated.append((v, key, objectives))
+            mitigated.append((v, keys, objectives))
         else:
-            plain.setdefault(key, v)
-    return [Twin(v, plain[key], " + ".join(objectives)) for v, key, objectives in mitigated if key in plain]
+            plain.setdefault(keys[0], v)
+    out = []
+    for v, keys, objectives in mitigated:
+        key = next((k for k in keys if k in plain), None)
+        if key is not None:
+            out.append(Twin(v, plain[key], " + ".join(objectives)))
+    return out
 
 
 def _size_mb(res: StudyResults, variant: Variant) -> float:

@@ -75,6 +75,11 @@ class StudyResults:
         table["size_mb"] = self.scalar("zipped_bytes").reindex(table.run_id).to_numpy() / MB
         return table
 
+    def recipe_steps(self, variant: Variant) -> list[dict] | None:
+        """The variant's recipe as its runs stored it ([{step: params}, ...]; None when not stored)."""
+        raw = self.runs.set_index("run_id").recipe_json.get(variant.run_ids[0]) if variant.run_ids else None
+        return json.loads(raw) if isinstance(raw, str) else None
+
     def scalar(self, metric: str) -> pd.Series:
         """A stored scalar metric per run_id (empty when no run has it)."""
         return self.scalars[metric] if metric in self.scalars else pd.Series(dtype=float)
