@@ -190,7 +190,7 @@ def test_the_training_curves_mark_each_baselines_stored_best_epoch(study):
     for run_id, h in epochs[epochs.run_id.isin(best.index)].groupby("run_id"):  # the kept epoch: the best selection accuracy
         assert h.epoch.iloc[int(np.argmax(h.sel_acc.to_numpy()))] == best[run_id]
     tuned = table[table.kind == "variant"]
-    assert set(tuned.technique) == {"prune", "prune + quantize"} and not tuned.selected.any()  # int8-weights alone fine-tunes nothing
+    assert set(tuned.technique) == {"prune", "prune + quantize", "prune-distill"} and not tuned.selected.any()  # int8-weights alone: nothing
     tuned_epochs = metrics[metrics.metric == "fine_tune_epochs"].set_index("run_id").value
     assert tuned.groupby("run_id").size().to_dict() == {r: int(n) for r, n in tuned_epochs.items() if n > 0}
 
