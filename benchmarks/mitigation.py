@@ -78,7 +78,7 @@ def main() -> None:
     print(f"\n== mitigation on the planted {ATTRIBUTE} gap: {args.seeds} seeds x {args.repeats} repeats, prune {args.sparsity:.0%}, "
           f"{args.bootstrap} bootstrap resamples (pp) ==")
     for r in table.itertuples():
-        print(f"seed {r.seed}  {r.method:<12} twin's gap change vs baseline {100 * r.twin_vs_baseline:+6.1f}, mitigated "
+        print(f"seed {r.seed}  {r.method:<20} twin's gap change vs baseline {100 * r.twin_vs_baseline:+6.1f}, mitigated "
               f"{100 * r.vs_baseline:+6.1f}; vs twin {100 * r.vs_twin:+6.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
               f"{' *' if r.significant else '  '}  accuracy vs twin {100 * r.accuracy_vs_twin:+5.1f}")
     if table.empty:
@@ -89,7 +89,7 @@ def main() -> None:
     print("\nper method, mean over seeds: gap change vs the twin (negative: narrower), seeds where it narrowed, "
           "significant after Holm, accuracy change vs the twin")
     for method, r in summary.iterrows():
-        print(f"{method:<12} {100 * r.vs_twin:+6.1f} pp   narrowed in {r.narrowed} of {r.seeds}   significant {int(r.significant)}   "
+        print(f"{method:<20} {100 * r.vs_twin:+6.1f} pp   narrowed in {int(r.narrowed)} of {int(r.seeds)}   significant {int(r.significant)}   "
               f"accuracy {100 * r.accuracy:+5.1f} pp")
 
 
