@@ -1,7 +1,7 @@
 """Does the report find a compression effect that is there, and only then?
 
-Runs `configs/synthetic-planted.yaml` (a group whose facial features are fainter, so the capacity that
-tells its expressions apart should go first under strong compression) and the same grid on the neutral
+Runs `configs/synthetic-planted.yaml` (a small group that mostly shows the expressions that are rare
+in the data, which strong pruning forgets first) and the same grid on the neutral
 synthetic set, over several seeds (each seed draws a new synthetic set and trains a new baseline),
 and reads each study's gap table exactly as the report computes it (paired subject bootstrap,
 Holm-corrected across the study). Prints:

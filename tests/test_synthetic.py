@@ -4,7 +4,7 @@ from conftest import TINY_DATA
 from pydantic import ValidationError
 
 from faircompress.data.dataset import SPLITS
-from faircompress.data.synthetic import CKPLUS_CLASSES, RAFDB_CLASSES, SyntheticParams, generate
+from faircompress.data.synthetic import CKPLUS_CLASSES, RAFDB_CLASSES, GroupBias, SyntheticParams, generate
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +233,38 @@ def test_contrast_makes_a_groups_facial_features_fainter_and_leaves_the_others_a
     centre = (slice(None), 0, slice(10, 22), slice(8, 24))  # eyes, nose and mouth
     spread = lambda imgs: imgs[centre].reshape(len(imgs), -1).astype(float).std(axis=1).mean()  # noqa: E731
     assert spread(faint.images[male]) < 0.85 * spread(plain.images[male])
+
+
+def test_expressions_knob_gives_a_group_its_own_expression_mix():
+    base = {"subjects": 200, "sequences": 1200, "image_size": 16, "peak_frames": 1}
+    rare = {"contempt": 8.0, "fear": 8.0, "sadness": 8.0}
+    p = SyntheticParams(**base, bias={"gender": {"male": {"expressions": rare}, "female": {"expressions": {"fear": 0.0}}}})
+    d = generate(p)
+    peak = d.labels.reshape(-1, 2)[:, 1]  # one expression frame per sequence
+    male = d.attributes["gender"].reshape(-1, 2)[:, 1] == 1
+    names = [p.class_names.index(c) for c in rare]
+    share = lambda m: np.isin(peak[m], names).mean()  # noqa: E731
+    assert share(male) > 0.55 and share(~male) < 0.25  # CK+'s mix: 71 of 327 sequences
+    assert not (peak[~male] == p.class_names.index("fear")).any()
+    # neutral by default: an empty mix is left out of the identity and draws as before
+    assert SyntheticParams(bias={"gender": {"male": {"expressions": {}}}}).model_dump() == SyntheticParams(
+        bias={"gender": {"male": {}}}).model_dump()
+    assert "expressions" not in GroupBias().model_dump()
+    plain = generate(SyntheticParams(**TINY_DATA))
+    assert np.array_equal(plain.labels, generate(SyntheticParams(**TINY_DATA, bias={"gender": {"male": {"expressions": {}}}})).labels)
+    for bad in ({"joy": 2.0}, {"fear": -1.0}, dict.fromkeys(["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"], 0.0)):
+        with pytest.raises(ValidationError):
+            SyntheticParams(bias={"gender": {"male": {"expressions": bad}}})
+
+
+def test_skin_draws_a_groups_faces_darker_and_leaves_the_others_alone():
+    base = {**TINY_DATA, "subjects": 30, "sequences": 60, "image_size": 32}
+    plain = generate(SyntheticParams(**base))
+    assert np.array_equal(plain.images, generate(SyntheticParams(**base, bias={"gender": {"male": {"skin": 1.0}}})).images)
+    assert SyntheticParams(bias={"gender": {"male": {"skin": 1.0}}}).model_dump()["bias"]["gender"]["male"] == GroupBias().model_dump()
+    dark = generate(SyntheticParams(**base, bias={"gender": {"male": {"skin": 0.5}}}))
+    male = plain.attributes["gender"] == 1
+    assert np.array_equal(dark.images[~male], plain.images[~male])
+    cheeks = (slice(None), 0, slice(17, 20), slice(9, 12))  # skin beside the nose, below the eye
+    level = lambda imgs: imgs[cheeks].astype(float).mean()  # noqa: E731
+    assert level(dark.images[male]) < 0.7 * level(plain.images[male])

@@ -42,6 +42,9 @@ def generate(p: SyntheticParams) -> FaceDataset:
     contrast = _group_factor(p, subj, "contrast")
     if (contrast != 1).any():  # only then: the arrays of sets without the knob stay as they were
         per_image["contrast"] = contrast[sid]
+    skin = _group_factor(p, subj, "skin")
+    if (skin != 1).any():
+        per_image["skin_scale"] = skin[sid]
     shortcut = _shortcut_backgrounds(p, subj, sid, label, r_shortcut)
     if shortcut is not None:
         per_image["background"] = shortcut

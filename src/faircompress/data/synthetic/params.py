@@ -36,7 +36,7 @@ _EXPRESSION_CUES["happiness"] = _EXPRESSION_CUES["happy"]
 
 
 class GroupBias(BaseModel):
-    """Bias knobs for one group. Neutral values: 1, 1, 0, 0."""
+    """Bias knobs for one group. Neutral values: 1, 1, 0, 0, 1, 0, 1 and no expression weights."""
 
     model_config = ConfigDict(extra="forbid")
     representation: float = Field(1.0, gt=0, description="relative number of sequences per subject")
@@ -49,13 +49,24 @@ class GroupBias(BaseModel):
     shortcut: float = Field(0.0, ge=0, le=1, description="share of the group's images whose background tone gives the "
                             "expression away (as when each expression was posed in its own session): an easy cue that "
                             "other groups' images lack")
+    skin: float = Field(1.0, gt=0, le=1.2, description="the group's skin drawn at this share of its tone's luminance "
+                        "(< 1: darker skin, and with it darker features, as the renderer draws darker skin tones)")
+    expressions: dict[str, float] = Field(default_factory=dict, description="relative weight of each named expression "
+                                          "in the group's sequences (multiplies the dataset's expression mix; unnamed "
+                                          "ones 1): a group that mostly shows the expressions others rarely do")
 
+    @field_validator("expressions")
+    @classmethod
+    def _check_expressions(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()):
+            raise ValueError("expression weights must be non-negative")
+        return v
 
     @model_serializer(mode="wrap")
     def _without_new_neutral_knobs(self, handler):
         # a knob added later is left out at its neutral value, so studies made before it keep their identity
         out = handler(self)
-        for knob, neutral in (("contrast", 1.0), ("shortcut", 0.0)):
+        for knob, neutral in (("contrast", 1.0), ("shortcut", 0.0), ("skin", 1.0), ("expressions", {})):
             if out.get(knob) == neutral:
                 out.pop(knob)
         return out
@@ -135,7 +146,20 @@ class SyntheticParams(BaseModel):
         lo, hi = self.intensity_range
         if not 0 < lo <= hi <= 2:
             raise ValueError("intensity_range must satisfy 0 < low <= high <= 2")
+        self._check_expression_weights()
         return self
+
+    def _check_expression_weights(self) -> None:
+        """A group's `expressions` name only expressions a sequence can show, and leave it at least one."""
+        mix = CKPLUS_SEQUENCE_MIX if self.classes == "ckplus" else RAFDB_SEQUENCE_MIX
+        for attr, groups in self.bias.items():
+            for g, b in groups.items():
+                unknown = sorted(set(b.expressions) - set(mix))
+                if unknown:
+                    raise ValueError(f"bias.{attr}.{g}.expressions: unknown expression(s) {', '.join(unknown)} "
+                                     f"(known: {', '.join(mix)})")
+                if not any(b.expressions.get(e, 1.0) > 0 for e in mix):
+                    raise ValueError(f"bias.{attr}.{g}.expressions leave the group no expression to show")
 
     @property
     def class_names(self) -> list[str]:

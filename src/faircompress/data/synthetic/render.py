@@ -95,6 +95,8 @@ def _colours(rgb: bool, frame: dict[str, np.ndarray], rng: np.random.Generator):
     """Background, skin (by skin-tone group) and hair (greys with age) colours, (B, C) each."""
     B, age = len(frame["label"]), frame["age"]
     tone = _TONES[frame["skin_tone"]] + frame["skin_jitter"]
+    if "skin_scale" in frame:  # a group drawn darker (or lighter) than its skin tone
+        tone = tone * frame["skin_scale"]
     bg = rng.uniform(0.15, 0.95, (B, 1)) if not rgb else rng.uniform(0.1, 0.95, (B, 3))
     if "background" in frame:  # the shortcut tone, where a group's image carries one
         bg = np.where(np.isnan(frame["background"])[:, None], bg, frame["background"][:, None])

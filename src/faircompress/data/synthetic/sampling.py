@@ -68,6 +68,26 @@ def _group_factor(p: SyntheticParams, subj: dict[str, np.ndarray], knob: str) ->
     return 1 - out if knob == "label_noise" else out
 
 
+def _draw_emotions(p: SyntheticParams, subj: dict[str, np.ndarray], seq_subject: np.ndarray, mix: dict[str, int],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Each sequence's expression (class index), from the dataset's mix weighted, per subject, by its
+    groups' `expressions` knobs (weights of several attributes multiply)."""
+    emotions = np.array([p.class_names.index(c) for c in mix])
+    emo_p = np.array(list(mix.values()), dtype=float)
+    if not any(b.expressions for groups in p.bias.values() for b in groups.values()):
+        return rng.choice(emotions, p.sequences, p=emo_p / emo_p.sum())  # the draw every older set was made with
+    weight = np.ones((p.subjects, len(mix)))
+    for attr, groups in p.bias.items():
+        per_group = np.array([[groups.get(g, GroupBias()).expressions.get(e, 1.0) for e in mix] for g in ATTRIBUTE_GROUPS[attr]])
+        weight *= per_group[subj[attr]]
+    if not weight.any(axis=1).all():
+        raise ValueError("the bias's expression weights leave some subjects no expression to show")
+    prob = emo_p * weight[seq_subject]
+    cdf = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
+    pick = (rng.random(p.sequences)[:, None] > cdf).sum(axis=1)
+    return emotions[np.minimum(pick, len(mix) - 1)]
+
+
 def _split_subjects(p: SyntheticParams, subj: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Subject-disjoint split, stratified by every attribute so each split has the same composition."""
     n_test = int(round(p.subjects * p.test_fraction))
@@ -80,13 +100,11 @@ def _sample_images(p: SyntheticParams, subj: dict[str, np.ndarray], rng: np.rand
     """Sequences -> frames: a neutral frame plus ``peak_frames`` frames of one expression each."""
     classes = p.class_names
     mix = CKPLUS_SEQUENCE_MIX if p.classes == "ckplus" else RAFDB_SEQUENCE_MIX
-    emotions = np.array([classes.index(c) for c in mix])
-    emo_p = np.array(list(mix.values()), dtype=float)
     # every subject gets a sequence; the rest go by representation weight
     weight = _group_factor(p, subj, "representation")
     extra = rng.choice(p.subjects, p.sequences - p.subjects, p=weight / weight.sum())
     seq_subject = np.concatenate([np.arange(p.subjects), extra])
-    seq_emotion = rng.choice(emotions, p.sequences, p=emo_p / emo_p.sum())
+    seq_emotion = _draw_emotions(p, subj, seq_subject, mix, rng)
     lo, hi = p.intensity_range
     seq_intensity = rng.uniform(lo, hi, p.sequences) * _group_factor(p, subj, "intensity")[seq_subject]
 
