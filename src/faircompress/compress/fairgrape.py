@@ -47,11 +47,11 @@ MAX_STEPS = 256  # greedy steps per kernel at most (see the module docstring)
 def group_codes(data: "FaceDataset", attribute: str, rows: np.ndarray | None = None) -> np.ndarray:
     """The attribute's group codes of ``rows`` (all rows when None); a `ValueError` naming the
     attribute when the dataset lacks it or none of those rows has a known group."""
-    if attribute not in data.attributes:
-        known = ", ".join(data.attributes) or "none"
-        raise ValueError(f"attribute: dataset {data.name} has no attribute {attribute!r} (its attributes: {known}); "
-                         "fairgrape scores weights per group of the attribute and needs the training images' group labels")
-    codes = data.attributes[attribute] if rows is None else data.attributes[attribute][rows]
+    try:
+        codes = data.attribute_codes(attribute, rows)
+    except ValueError as e:
+        raise ValueError(f"attribute: {e}; fairgrape scores weights per group of the attribute and needs the training images' "
+                         "group labels") from None
     if not (codes >= 0).any():
         raise ValueError(f"attribute: no training image of dataset {data.name} has a known {attribute!r} group; "
                          "fairgrape scores weights per group and needs the training images' group labels")

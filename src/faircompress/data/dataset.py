@@ -95,6 +95,15 @@ class FaceDataset:
         return InputShape(self.channels, self.num_classes, self.image_size[0])
 
     # --- selection ---------------------------------------------------------
+    def attribute_codes(self, attribute: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """The group codes of ``attribute`` for ``rows`` (all rows when None); a `ValueError` naming
+        the dataset's attributes when it has no such attribute."""
+        if attribute not in self.attributes:
+            known = ", ".join(self.attributes) or "none"
+            raise ValueError(f"dataset {self.name} has no attribute {attribute!r} (its attributes: {known})")
+        codes = np.asarray(self.attributes[attribute])
+        return codes if rows is None else codes[rows]
+
     def indices(self, *splits: str) -> np.ndarray:
         codes = [SPLITS.index(s) for s in splits]
         return np.flatnonzero(np.isin(self.split, codes))

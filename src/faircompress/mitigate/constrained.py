@@ -59,10 +59,10 @@ class ConstrainedParams(ObjectiveParams):
 def training_groups(data: FaceDataset, train_rows: np.ndarray, attribute: str) -> np.ndarray:
     """The training images' group codes of ``attribute``; refused (ValueError naming the attribute) when
     the dataset lacks it, or fewer than two of its groups have labelled training images."""
-    if attribute not in data.attributes:
-        known = ", ".join(sorted(data.attributes)) or "none"
-        raise ValueError(f"constrained: dataset {data.name} has no attribute {attribute!r} (its attributes: {known})")
-    codes = np.asarray(data.attributes[attribute])[train_rows]
+    try:
+        codes = data.attribute_codes(attribute, train_rows)
+    except ValueError as e:
+        raise ValueError(f"constrained: {e}") from None
     present = np.unique(codes[codes != UNKNOWN])
     if len(present) == 0:
         raise ValueError(f"constrained: attribute {attribute!r}: none of the {len(codes)} training images of dataset {data.name} "
