@@ -111,8 +111,8 @@ def test_nearest_matches_brute_force(k):
                   torch.cat([torch.tensor([0.01, 0.01 + 1e-9]), torch.randn(k - 2, generator=gen)])[:k]):  # nearly merged
         idx = nearest(w, cents)
         dist = (w[:, None] - cents[None]).abs()
-        assert idx.shape == w.shape and idx.dtype == torch.int64
-        assert torch.allclose(dist.gather(1, idx[:, None])[:, 0], dist.min(1).values, atol=1e-7)
+        assert idx.shape == w.shape and idx.dtype == torch.int32
+        assert torch.allclose(dist.gather(1, idx[:, None].long())[:, 0], dist.min(1).values, atol=1e-7)
 
 
 @pytest.mark.parametrize("shape", [(8, 4, 3, 3), (8, 1, 3, 3)])

@@ -8,6 +8,9 @@ killed run continues from its last finished epoch.
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import os
@@ -78,6 +81,24 @@ def precision_note(precision: str, device: torch.device) -> str:
     else:
         why = "precision auto: this CPU has no native bf16 (on AVX2 it is emulated, slower than fp32)"
     return f"training precision: {chosen} on {device.type} ({why})"
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MiB in the heap rather than give them back to the
+    kernel. By default a block over 128 KiB is mmap'ed and unmapped when freed, so every training
+    step's activations and gradients (tensors of 1-10 MB) are faulted in afresh: measured on the
+    paper CNN on 2 cores, a bf16 step took 3-7 % longer and a clustered step 13 % longer (a clustered
+    step allocates its weight-sized index arrays anew). Results are unchanged: only where memory
+    comes from moves. Returns whether it applied (glibc only)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def autocast(device: torch.device, precision: str):
@@ -246,6 +267,7 @@ def fit(
                          "use a batch size of 2 or more")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    keep_freed_memory()
     batches = Batches.on_device(data, cfg.selection, device)
     torch.manual_seed(seed)
     state = TrainState.start(model, cfg, seed, device, precision, len(batches.x_train))
@@ -360,7 +382,7 @@ class TrainState:
     @classmethod
     def start(cls, model: nn.Module, cfg: TrainConfig, seed: int, device: torch.device, precision: str, n_train: int) -> "TrainState":
         model.to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)  # one kernel per update, not per tensor; bit-identical
         sched = plateau_scheduler(opt, cfg)
         result = FitResult(best_epoch=0, best_sel_acc=-1.0, device=str(device), precision=precision, selection=cfg.selection,
                            train_images=n_train)

@@ -54,12 +54,14 @@ _GRID_MAX = 1 << 16  # lookup cells; beyond this (centroids nearly merged) fall 
 
 
 def nearest(w: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid for each weight (int64, shape of ``w``); memory O(numel).
+    """Index of the nearest centroid for each weight (int32, shape of ``w``); memory O(numel).
 
     Runs on every forward pass of a clustered model, so it avoids ``bucketize`` (a binary search per
     weight): a uniform grid whose cells are narrower than the smallest gap between decision
     boundaries holds at most one boundary per cell, so a cell lookup plus one comparison finds the
-    bucket. Weights within float rounding of a boundary may go to either side (an exact tie)."""
+    bucket. Weights within float rounding of a boundary may go to either side (an exact tie).
+    The indices are int32: gathering with int64 ones was ~5x slower on a CPU (a 512x512x3x3 kernel:
+    31 ms against 6.5 ms), and no kernel has 2**31 centroids."""
     flat = w.reshape(-1)
     sorted_c, order = torch.sort(cents)
     if bool((order == torch.arange(len(order), device=order.device)).all()):
@@ -67,9 +69,9 @@ def nearest(w: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
     mids = (sorted_c[1:] + sorted_c[:-1]) / 2
     idx = _bucket_grid(flat, mids) if len(mids) > 1 else None
     if idx is None:
-        idx = torch.bucketize(flat.contiguous(), mids)
+        idx = torch.bucketize(flat.contiguous(), mids, out_int32=True)
     if order is not None:
-        idx = order.index_select(0, idx)
+        idx = order.int().index_select(0, idx)
     return idx.view(w.shape)
 
 
@@ -81,11 +83,11 @@ def _bucket_grid(flat: torch.Tensor, mids: torch.Tensor) -> torch.Tensor | None:
     h = gap / 2
     cells = int(math.ceil((hi - lo) / h)) + 2  # cell g starts at lo - h + g*h; the last starts >= hi
     edges = (lo - h) + h * torch.arange(cells, dtype=torch.float64, device=mids.device)
-    first = torch.bucketize(edges, mids.double(), right=True)  # bucket of each cell's left edge
+    first = torch.bucketize(edges, mids.double(), right=True, out_int32=True)  # bucket of each cell's left edge
     above = torch.cat([mids, mids.new_tensor([math.inf])]).index_select(0, first)  # next boundary
-    cell = torch.add(flat.new_tensor(1.0 - lo / h), flat, alpha=1.0 / h).clamp_(0, cells - 1).long()
+    cell = torch.add(flat.new_tensor(1.0 - lo / h), flat, alpha=1.0 / h).clamp_(0, cells - 1).int()
     idx = first.index_select(0, cell)
-    return idx.add_((flat >= above.index_select(0, cell)).long())
+    return idx.add_(flat >= above.index_select(0, cell))
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
