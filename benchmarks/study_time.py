@@ -49,7 +49,17 @@ print(f"\n== default study: {len(runs)} runs ({(runs.kind == 'variant').sum()} v
 print(f"wall time {wall:.0f} s ({wall / 60:.1f} min); target < 15 min on the 2-core machine")
 for k, v in phase.items():
     print(f"  {k:<24} {v:7.1f} s  {v / wall:6.1%}")
-print(f"  {'other (data, store)':<24} {wall - sum(phase.values()):7.1f} s")
+print(f"  {'other (data, store, memory)':<24} {wall - sum(phase.values()):7.1f} s")
+training = phase["baseline training"] + phase["fine-tuning"]
+print(f"wall / (training + fine-tuning) = {wall / training:.2f} (issue 23's target: <= 1.05)")
+
+# seconds per training pass of an epoch, by technique: clustering's re-assignment against pruning's plain step
+ep = store.epochs().merge(runs[["run_id", "kind", "technique"]], on="run_id")
+ep["what"] = ep.technique.where(ep.kind == "variant", "baseline training")
+per_epoch = ep[ep.epoch > 1].groupby("what").train_seconds.mean()  # a first epoch holds one-off warm-up
+print("training pass per epoch: " + ", ".join(f"{k} {v:.2f} s" for k, v in per_epoch.items()))
+if {"cluster", "baseline training"} <= set(per_epoch.index):
+    print(f"clustering's step over the plain model's: {per_epoch['cluster'] / per_epoch['baseline training'] - 1:+.0%} (target <= +25 %)")
 
 m = store.metrics().query("attribute == ''").pivot(index="run_id", columns="metric", values="value")
 v = runs[(runs.kind == "variant") & (runs.status == "finished")]
