@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from faircompress.cli import app
 from faircompress.config import load_config
-from faircompress.evaluate.memory import measure_memory, parse_probe
+from faircompress.evaluate.memory import MemoryProbe, measure_memory, parse_probe
 from faircompress.evaluate.memory_probe import increment_mb
 from faircompress.plan import plan, result_fields
 from faircompress.store import ResultStore
@@ -42,6 +42,17 @@ def test_the_fp32_file_costs_more_memory_than_its_int8_weights_file(fp32_and_int
         assert use.base_mb > 10  # an interpreter with ONNX Runtime imported is not empty
     # 3.1 M weights: 12 MB as fp32, held in memory at least once; int8 codes are a quarter of that
     assert fp32.b1_mb > int8.b1_mb + 5 and fp32.batch_mb > int8.batch_mb + 5
+
+
+def test_a_started_probe_runs_beside_the_parent_and_stops_when_unwanted(fp32_and_int8):
+    # the study zips the file while the probe loads it; the figures are the child's own either way
+    started = MemoryProbe(fp32_and_int8[0], (1, SIZE, SIZE), batch=8)
+    assert started.child.poll() is None  # not waited for: the parent goes on
+    use = started.result()
+    assert use.note is None and 0 < use.b1_mb <= use.batch_mb, use
+    unwanted = MemoryProbe(fp32_and_int8[0], (1, SIZE, SIZE), batch=8)
+    unwanted.stop()  # the parent failed meanwhile: no child is left behind
+    assert unwanted.child.poll() is not None
 
 
 def test_a_corrupt_file_gives_no_figures_and_the_childs_reason(tmp_path):

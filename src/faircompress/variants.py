@@ -16,7 +16,7 @@ from .compress.export import export_onnx
 from .compress.recipes import Recipe, TrainStep, TuneContext
 from .config import EvaluationConfig, StudyConfig
 from .data.dataset import FaceDataset
-from .evaluate.memory import measure_memory
+from .evaluate.memory import MemoryProbe
 from .evaluate.metrics import evaluate_split, metric_rows
 from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, session, throughput_from_batches
 from .evaluate.size import onnx_size_report
@@ -229,17 +229,26 @@ def measure_file(path: Path, data: FaceDataset, ev_cfg: EvaluationConfig, eval_b
     y_pred = onnx_predict(sess, data.images[test], batch, batch_seconds)
     ev = evaluate_split(data, y_pred)
     t1 = time.perf_counter()
-    size = onnx_size_report(path)
-    scalars = {k: float(size[k]) for k in ("raw_bytes", "zipped_bytes", "parameters", "nonzeros")}
-    if ev_cfg.latency:
+    speed: dict[str, float] = {}
+    if ev_cfg.latency:  # timed while nothing else runs
         throughput = throughput_from_batches(batch_seconds, batch, len(test))
-        scalars["latency_ms"] = onnx_latency(sess, shape, ev_cfg.latency_runs)
-        scalars["throughput_ips"] = throughput if throughput is not None else onnx_throughput(sess, shape, batch)
+        speed["latency_ms"] = onnx_latency(sess, shape, ev_cfg.latency_runs)
+        speed["throughput_ips"] = throughput if throughput is not None else onnx_throughput(sess, shape, batch)
     del sess  # its threads and arena are gone before the memory probe runs, so they cannot slow it
+    # the probe (a child process) loads the file while this one zips it: neither is timed, and the
+    # probe's peak RSS is its own, so running them side by side changes no figure
+    probe = MemoryProbe(path, shape, ev_cfg.throughput_batch, ev_cfg.threads) if ev_cfg.memory else None
+    try:
+        size = onnx_size_report(path)
+    except BaseException:
+        if probe is not None:
+            probe.stop()
+        raise
+    scalars = {k: float(size[k]) for k in ("raw_bytes", "zipped_bytes", "parameters", "nonzeros")} | speed
     t2 = time.perf_counter()
     details: dict = {"kernels": size["kernels"]}
-    if ev_cfg.memory:  # last, in a child process: nothing above is perturbed by it
-        memory = measure_memory(path, shape, ev_cfg.throughput_batch, ev_cfg.threads)
+    if probe is not None:
+        memory = probe.result()
         scalars |= memory.scalars()
         details["memory"] = memory.to_json()
     return Measurement(y_pred=y_pred, metrics=pd.concat([ev.long(), metric_rows(scalars)], ignore_index=True),

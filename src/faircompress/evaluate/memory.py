@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,20 +40,46 @@ def unmeasured(note: str) -> MemoryUse:
     return MemoryUse(None, None, None, note=note)
 
 
+class MemoryProbe:
+    """The probe of one file, started at once in its child process; `result` waits for it. The parent
+    may do other work meanwhile (the study computes the file's size): a peak RSS is the child's own,
+    whatever else the machine runs, but nothing timed should run beside it."""
+
+    def __init__(self, path: str | Path, image_shape: tuple[int, ...], batch: int, threads: int = 0,
+                 timeout_s: float = TIMEOUT_S) -> None:
+        args = json.dumps({"path": str(Path(path).resolve()), "shape": list(image_shape), "batch": batch, "threads": threads})
+        # -P: the probe's folder is not put on sys.path, where evaluate/'s modules could shadow others
+        command = [sys.executable, "-P", str(PROBE), args]
+        self.timeout_s, self.deadline = timeout_s, time.monotonic() + timeout_s
+        self.failed: str | None = None
+        try:
+            self.child: subprocess.Popen | None = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            self.child, self.failed = None, f"the memory probe could not start: {e}"
+
+    def result(self) -> MemoryUse:
+        if self.child is None:
+            return unmeasured(self.failed or "the memory probe did not start")
+        try:
+            stdout, stderr = self.child.communicate(timeout=max(self.deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.communicate()
+            return unmeasured(f"the memory probe timed out after {self.timeout_s:g} s")
+        return parse_probe(self.child.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        """Kill the child when its result is no longer wanted (the parent failed meanwhile)."""
+        if self.child is not None and self.child.poll() is None:
+            self.child.kill()
+            self.child.communicate()
+
+
 def measure_memory(path: str | Path, image_shape: tuple[int, ...], batch: int, threads: int = 0,
                    timeout_s: float = TIMEOUT_S) -> MemoryUse:
     """Peak RSS of loading ``path`` and running batch 1 and ``batch`` images of ``image_shape`` in a
     child process. ``threads``: ONNX Runtime intra-op threads (0 = its default, all cores)."""
-    args = json.dumps({"path": str(Path(path).resolve()), "shape": list(image_shape), "batch": batch, "threads": threads})
-    # -P: the probe's folder is not put on sys.path, where evaluate/'s modules could shadow others
-    command = [sys.executable, "-P", str(PROBE), args]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return unmeasured(f"the memory probe timed out after {timeout_s:g} s")
-    except OSError as e:
-        return unmeasured(f"the memory probe could not start: {e}")
-    return parse_probe(done.returncode, done.stdout, done.stderr)
+    return MemoryProbe(path, image_shape, batch, threads, timeout_s).result()
 
 
 def parse_probe(returncode: int, stdout: str, stderr: str) -> MemoryUse:
