@@ -1,7 +1,7 @@
 """Does mitigation narrow a compression-widened gap, and at what cost in accuracy?
 
-On the planted scenario (`configs/synthetic-planted.yaml`: male subjects' facial features at 40 % of
-the usual contrast, so strong pruning should widen the gender gap), over several seeds (each a new
+On the planted scenario (`configs/synthetic-planted.yaml`, whichever design it holds: its comments
+and the README say how strong pruning widens its gender gap), over several seeds (each a new
 synthetic set and a new baseline), one study per seed with magnitude pruning at --sparsity and its
 mitigated forms: distillation fine-tuning, group-constrained fine-tuning on gender (both against
 magnitude pruning fine-tuned plainly), and FairGRAPE's gender-aware pruning criterion (against
