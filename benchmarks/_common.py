@@ -17,6 +17,13 @@ from faircompress.study import run_study  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 
 
+def synthetic_data(cfg):
+    """The synthetic dataset a config names (the default study's when ``cfg`` is the default config)."""
+    from faircompress.data.registry import DATASETS, default_cache_dir, load_dataset
+
+    return load_dataset("synthetic", DATASETS.get("synthetic").params.model_validate(cfg.dataset.params), default_cache_dir())
+
+
 class PrintHooks(Hooks):
     def run_started(self, run, i, n): print(f"  training {run.label} ...", flush=True)
     def run_skipped(self, run): print(f"  {run.label}: finished earlier, reused", flush=True)

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import synthetic_data  # noqa: E402
+
 from faircompress.config import load_config  # noqa: E402
-from faircompress.data.registry import DATASETS, default_cache_dir, load_dataset  # noqa: E402
 from faircompress.study import run_study  # noqa: E402
 
 SLICE = [[{"quantize": {"mode": "int8-weights"}}], [{"prune": {"sparsity": 0.5, "epochs": 2}}], [{"cluster": {"clusters": 16, "epochs": 3}}]]
@@ -106,8 +107,7 @@ print("RESULT " + json.dumps(out))
 
 def arrays(path: Path) -> None:
     """The default study's synthetic set, split as faircompress splits it, as one .npz for the Keras child."""
-    cfg = load_config(None)
-    data = load_dataset("synthetic", DATASETS.get("synthetic").params.model_validate(cfg.dataset.params), default_cache_dir())
+    data = synthetic_data(load_config(None))
     parts = {}
     for split in ("train", "val", "test"):
         idx = data.indices(split)

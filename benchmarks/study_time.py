@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _common import PrintHooks  # noqa: E402
+from _common import PrintHooks, synthetic_data  # noqa: E402
 
 from faircompress.config import load_config  # noqa: E402
 from faircompress.store import ResultStore  # noqa: E402
@@ -72,11 +72,10 @@ for name, paper in [("int8-weights", 0.245), ("prune 50%", 0.61), ("prune 50% + 
 
 # int8-static is the fast deployable form; it is not in the paper's grid, so quantise the baseline here
 from faircompress.compress.quantization import quantize_static_int8  # noqa: E402
-from faircompress.data.registry import DATASETS, default_cache_dir, load_dataset  # noqa: E402
 from faircompress.evaluate.runtime import onnx_latency, onnx_throughput, session  # noqa: E402
 from faircompress.variants import calibration_images  # noqa: E402
 
-data = load_dataset("synthetic", DATASETS.get("synthetic").params.model_validate(cfg.dataset.params), default_cache_dir())
+data = synthetic_data(cfg)
 fp32 = out / "models" / runs[runs.kind == "baseline"].run_id.iloc[0] / "model.onnx"
 static = out / "int8-static.onnx"
 quantize_static_int8(fp32, static, calibration_images(data, 0)[:256])

@@ -63,8 +63,7 @@ class MemoryProbe:
         try:
             stdout, stderr = self.child.communicate(timeout=max(self.deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
-            self.child.kill()
-            self.child.communicate()
+            self.stop()
             return unmeasured(f"the memory probe timed out after {self.timeout_s:g} s")
         return parse_probe(self.child.returncode, stdout, stderr)
 
