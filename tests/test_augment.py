@@ -165,6 +165,7 @@ def test_augment_is_in_the_study_identity_only_when_set():
 
 def test_a_study_trains_on_the_tripled_training_set_and_the_report_counts_it(tmp_path, tiny_overrides, monkeypatch):
     from faircompress import study
+    from faircompress.execute import worker
     from faircompress.binding import test_rows
     from faircompress.config import load_config
     from faircompress.data.registry import load_dataset as load
@@ -184,7 +185,7 @@ def test_a_study_trains_on_the_tripled_training_set_and_the_report_counts_it(tmp
         trained_on.append(data)
         raise RuntimeError("not trained in this test")
 
-    monkeypatch.setattr(study, "_execute", execute)
+    monkeypatch.setattr(worker, "_execute", execute)
     cfg = load_config(None, {**tiny_overrides, "dataset.augment": {"copies": 2}})
     hooks = Notes()
     study.run_study(cfg, hooks)

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .atomic import EnvironmentFault
 from .config import ConfigError, load_config
+from .plan import Hooks
 from .store import ResultStore, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="What does model compression do to the fairness of a FER model?")
@@ -47,11 +48,18 @@ def run(
     no_faces: bool = typer.Option(False, "--no-faces", help=NO_FACES_HELP),
     no_report: bool = typer.Option(False, "--no-report", help="run and show only; write the report later with "
                                    "`faircompress report STUDY` (e.g. on a machine that runs many studies)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or ray (overrides execution.executor)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster's address (overrides execution.address)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local: runs at once, each in its own process "
+                                          "(overrides execution.workers)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="PyTorch threads per run (overrides execution.threads)"),
 ) -> None:
     """Run a study; finished runs already in the study directory are skipped, and runs whose file
     is missing or altered are rebuilt. A config with `models:` runs one study per model, in
     output_dir/<label>/, then compares them side by side (output_dir/compare.html)."""
     overrides: dict = {} if cache else {"dataset.cache": False}
+    given = {"executor": executor, "address": address, "workers": workers, "threads": threads}
+    overrides |= {f"execution.{k}": v for k, v in given.items() if v is not None}
     if out is not None:
         overrides["output_dir"] = str(out)
     if data is not None:
@@ -359,8 +367,9 @@ def _print_wide(t: Table) -> None:
     Console(file=console.file, width=max(width, console.width), color_system=console.color_system).print(t)
 
 
-class _RichHooks:
-    """Rich progress for a study: one bar for the current epoch, one line per finished epoch/run."""
+class _RichHooks(Hooks):
+    """Rich progress for a study: a bar for the study's runs and one for the current epoch, one line
+    per finished epoch/run (runs side by side: each epoch line names its run)."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
@@ -369,6 +378,7 @@ class _RichHooks:
             console=console, transient=True,
         )
         self.task = None
+        self.study = None
 
     def __enter__(self) -> "_RichHooks":
         self.progress.start()
@@ -378,6 +388,8 @@ class _RichHooks:
         self.progress.stop()
 
     def run_started(self, run, index: int, total: int) -> None:
+        if self.study is None:
+            self.study = self.progress.add_task("study", total=total)
         console.print(f"[bold cyan]▶ {run.label}[/]  ({index + 1}/{total} to run, id {run.run_id})")
 
     def run_skipped(self, run) -> None:
@@ -401,16 +413,22 @@ class _RichHooks:
         self.progress.update(self.task, completed=done, total=total, description=desc)
 
     def epoch(self, log) -> None:
-        console.print(
-            f"  epoch {log.epoch:>3}  loss {log.train_loss:.3f} acc {_pct(log.train_acc)} | "
-            f"select loss {log.sel_loss:.3f} acc {_pct(log.sel_acc)} | lr {log.lr:.0e} {log.seconds:.1f}s",
-            highlight=False,
-        )
+        console.print("  " + _epoch_line(log), highlight=False)
+
+    def run_epoch(self, run, log) -> None:
+        console.print(f"  {escape(run.label)}: {_epoch_line(log)}", highlight=False)
 
     def _drop_task(self) -> None:
+        if self.study is not None:
+            self.progress.advance(self.study)
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
+
+
+def _epoch_line(log) -> str:
+    return (f"epoch {log.epoch:>3}  loss {log.train_loss:.3f} acc {_pct(log.train_acc)} | "
+            f"select loss {log.sel_loss:.3f} acc {_pct(log.sel_acc)} | lr {log.lr:.0e} {log.seconds:.1f}s")
 
 
 def _load_config_or_study(config_or_study: Optional[Path], cache: bool, options: dict):

@@ -240,6 +240,40 @@ class EvaluationConfig(Strict):
                                            "throughput batch), over an empty process with ONNX Runtime imported; in a child process")
 
 
+class TaskResources(Strict):
+    """What one run asks of a Ray cluster (Ray schedules it where these are free)."""
+
+    cpus: float = Field(1, gt=0, description="CPU cores per run; its PyTorch threads when execution.threads is 0")
+    gpus: float = Field(0, ge=0, description="GPUs per run (train.device picks cuda where one is given)")
+
+
+class ExecutionConfig(Strict):
+    """How the study's runs are executed; never what they compute (not part of a run's identity).
+    PyTorch's results depend on its thread count (the order of sums), so runs made with the same
+    `threads` give the same predictions whichever executor ran them, one by one or side by side."""
+
+    executor: str = Field("local", description="a registered executor (`faircompress plugins`): local, this machine; ray, "
+                          "tasks on a Ray cluster (pip install 'faircompress[ray]')")
+    workers: int = Field(1, ge=1, le=256, description="local: runs at once, each in its own process (1: one by one, in this process)")
+    threads: int = Field(0, ge=0, le=1024, description="PyTorch threads of a variant's run; 0: PyTorch's default with one "
+                         "worker, else the cores shared out (local) or resources.cpus (ray)")
+    baseline_threads: int = Field(0, ge=0, le=1024, description="PyTorch threads of a baseline's training; 0: PyTorch's default "
+                                  "(all cores; local: it runs alone, its variants wait for it), ray: as threads")
+    address: str | None = Field(None, description="ray: the cluster's address (host:port, ray://host:port or auto); "
+                                "none starts Ray on this machine")
+    resources: TaskResources = Field(default_factory=TaskResources, description="ray: per run")
+    retries: int = Field(2, ge=0, le=100, description="ray: a run whose worker dies is started again up to this many times")
+
+    @field_validator("executor")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .execute import EXECUTORS
+
+        if v not in EXECUTORS:
+            raise ValueError(f"unknown executor {v!r} (known: {', '.join(EXECUTORS.names())})")
+        return v
+
+
 WeightsFiles = Path | list[Path] | dict[int, Path]
 
 
@@ -318,6 +352,7 @@ class StudyConfig(Strict):
     )
     repeats: int = Field(3, ge=1, le=100, description="fine-tuning repeats per recipe (recipes with no fine-tuning run once)")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="how runs are executed (never what they compute)")
     models: list[GridModel] | None = Field(None, min_length=2, description="several models (or one model with several "
                                            "parameter values), each run as its own study in output_dir/<label>/ with the "
                                            "same data, seeds and recipes, then compared side by side; instead of `model`")

@@ -25,7 +25,9 @@ OWN_MODEL = PluginRow(
 
 def describe_plugins() -> dict[str, list[PluginRow]]:
     from .compress.recipes import STEPS
+    from .config import ExecutionConfig
     from .data.registry import DATASETS
+    from .execute import EXECUTORS
     from .evaluate.metrics import GROUP_METRICS
     from .export import EXPORT_FORMATS
     from .mitigate import OBJECTIVES
@@ -40,8 +42,10 @@ def describe_plugins() -> dict[str, list[PluginRow]]:
     metrics = [PluginRow(n, "", _first_line(f)) for n, f in GROUP_METRICS.items()]
     exports = [PluginRow(n, "", _first_line(f)) for n, f in EXPORT_FORMATS.items()]
     objectives = [PluginRow(n, _fields(cls.Params), _first_line(sys.modules.get(cls.__module__))) for n, cls in OBJECTIVES.items()]
+    executors = [PluginRow(n, ", ".join(f"{k}={_short(ExecutionConfig.model_fields[k].get_default(call_default_factory=True))}"
+                                     for k in cls.settings_used), _first_line(cls)) for n, cls in EXECUTORS.items()]
     return {"datasets": datasets, "models": models, "compression steps": steps, "group metrics": metrics, "export formats": exports,
-            "fine-tuning objectives (a step's fine_tune option)": objectives}
+            "fine-tuning objectives (a step's fine_tune option)": objectives, "executors (execution.executor)": executors}
 
 
 def _kind(cls: type) -> str:

@@ -5,8 +5,7 @@ import fcntl
 import platform
 import shutil
 import subprocess
-import traceback
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +17,10 @@ from .config import ConfigError, StudyConfig, dump_config
 from .data.common import unreadable
 from .data.composition import composition
 from .data.dataset import FaceDataset
-from .data.identity import file_sha256
 from .data.problems import DatasetError
 from .data.registry import DatasetIdentity, declared_shape, default_cache_dir, identify, load_identified
 from .plan import PROTOCOL_VERSION, Hooks, PlannedRun, RunKind, plan, stale_protocol
-from .store import ResultStore, RunResult, StoreError
+from .store import ResultStore, StoreError
 from .train import precision_note, resolve_device
 
 __all__ = ["PROTOCOL_VERSION", "Hooks", "PlannedRun", "StudyReport", "plan", "run_study", "study_lock"]
@@ -126,28 +124,13 @@ def _run_locked(cfg: StudyConfig, hooks: Hooks, out: Path, store: ResultStore, i
     if any((r.kind is RunKind.BASELINE and cfg.baseline.source == "train") or (r.recipe is not None and r.recipe.train_steps)
            for r in todo):
         hooks.note(precision_note(cfg.train.precision, resolve_device(cfg.train.device)))
-    versions, commit = package_versions(), git_commit()
-    for i, run in enumerate(todo):
-        hooks.run_started(run, i, len(todo))
-        store.start_run(run.run_id, study=cfg.name, identity=run.columns(), config=cfg.model_dump(mode="json"),
-                        versions=versions, git_commit=commit, dataset_key=ident.key)
-        try:
-            result = _execute(cfg, run, data, out, hooks)
-            result.artefact_sha256 = file_sha256(result.artefact)
-            result.artefact = str(Path(result.artefact).relative_to(out))
-            store.finish_run(run.run_id, result)
-        except EnvironmentFault as e:  # a full disk fails every later run too: stop, recorded if the store still can
-            with suppress(EnvironmentFault):
-                store.fail_run(run.run_id, f"{type(e).__name__}: {e}")
-            raise
-        except Exception as e:  # a failed run is recorded; the study carries on
-            msg = f"{type(e).__name__}: {e}"
-            store.fail_run(run.run_id, msg + "\n" + traceback.format_exc(limit=8))
-            report.failed[run.run_id] = msg
-            hooks.run_failed(run, msg)
-        else:
-            report.ran.append(run.run_id)
-            hooks.run_finished(run, result)
+    from .execute import EXECUTORS, Batch, Driver
+
+    executor = EXECUTORS.get(cfg.execution.executor)(cfg.execution)
+    if cfg.execution != type(cfg.execution)():
+        hooks.note(executor.describe())
+    driver = Driver(store, hooks, cfg, len(todo), package_versions(), git_commit(), ident.key, ran=report.ran, failed=report.failed)
+    executor.run(Batch(cfg, todo, data, out), driver)
     return report
 
 
@@ -298,14 +281,3 @@ def _record_samples(store: ResultStore, ident: DatasetIdentity, data: FaceDatase
     """The dataset's test samples and the other splits' counts, recorded under its content key for the analysis."""
     store.record_samples(ident.key, data.name, data.class_names, data.attribute_groups, test_rows(data),
                          composition(data, ("train", "val")).rows())
-
-
-def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
-    # the training stack is imported only when a study runs
-    if run.kind is RunKind.BASELINE:
-        from .baseline import run_baseline
-
-        return run_baseline(cfg, run, data, out, hooks)
-    from .variants import run_variant
-
-    return run_variant(cfg, run, data, out, hooks)

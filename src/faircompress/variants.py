@@ -2,10 +2,13 @@
 single ONNX file and measured on that file in ONNX Runtime (what a user would ship)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,7 @@ from .compress.recipes import Recipe, TrainStep, TuneContext
 from .config import EvaluationConfig, StudyConfig
 from .data.dataset import FaceDataset
 from .evaluate.memory import MemoryProbe
+from .execute.quiet import timed_quietly
 from .evaluate.metrics import evaluate_split, metric_rows
 from .evaluate.runtime import onnx_latency, onnx_predict, onnx_throughput, session, throughput_from_batches
 from .evaluate.size import onnx_size_report
@@ -75,8 +79,26 @@ def _trained_by(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path,
         load_checkpoint(model, baseline)
         return model, [], {}
     ckpt = out / "models" / run.prefix_of(steps) / "model.safetensors"
-    if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
-        return _saved_fine_tuned(model, steps, ckpt, (data.channels, *data.image_size))
+    with _making(ckpt):  # runs side by side: one makes it, the others wait and load it
+        if ckpt.exists():  # made by an earlier recipe with the same training steps, or before a crash
+            return _saved_fine_tuned(model, steps, ckpt, (data.channels, *data.image_size))
+        return _fine_tune(cfg, run, data, out, hooks, steps, model, baseline, ckpt)
+
+
+@contextmanager
+def _making(path: Path) -> Iterator[None]:
+    """Exclusive, across processes, while ``path`` is looked for and made (a lock file beside it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".making", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fine_tune(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks, steps: tuple[TrainStep, ...],
+               model: torch.nn.Module, baseline: Path, ckpt: Path) -> tuple[torch.nn.Module, list[FitResult], dict]:
     load_checkpoint(model, baseline)
     fits: list[FitResult] = []
     ctx = _tune_context(cfg, run, data, hooks, fits, baseline)
@@ -226,14 +248,15 @@ def measure_file(path: Path, data: FaceDataset, ev_cfg: EvaluationConfig, eval_b
     shape = (data.channels, *data.image_size)
     batch_seconds: list[float] = []
     batch = ev_cfg.throughput_batch if ev_cfg.latency else eval_batch_size
-    y_pred = onnx_predict(sess, data.images[test], batch, batch_seconds)
-    ev = evaluate_split(data, y_pred)
-    t1 = time.perf_counter()
     speed: dict[str, float] = {}
-    if ev_cfg.latency:  # timed while nothing else runs
-        throughput = throughput_from_batches(batch_seconds, batch, len(test))
-        speed["latency_ms"] = onnx_latency(sess, shape, ev_cfg.latency_runs)
-        speed["throughput_ips"] = throughput if throughput is not None else onnx_throughput(sess, shape, batch)
+    with timed_quietly() if ev_cfg.latency else nullcontext():  # runs side by side wait while this one is timed
+        y_pred = onnx_predict(sess, data.images[test], batch, batch_seconds)
+        t1 = time.perf_counter()
+        if ev_cfg.latency:
+            throughput = throughput_from_batches(batch_seconds, batch, len(test))
+            speed["latency_ms"] = onnx_latency(sess, shape, ev_cfg.latency_runs)
+            speed["throughput_ips"] = throughput if throughput is not None else onnx_throughput(sess, shape, batch)
+    ev = evaluate_split(data, y_pred)
     del sess  # its threads and arena are gone before the memory probe runs, so they cannot slow it
     # the probe (a child process) loads the file while this one zips it: neither is timed, and the
     # probe's peak RSS is its own, so running them side by side changes no figure

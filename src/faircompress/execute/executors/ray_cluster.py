@@ -1,0 +1,134 @@
+"""Ray: every run a task with the resources `execution.resources` asks for, on a cluster at
+`execution.address` or on a Ray started on this machine. A variant's task takes its baseline's (and
+its shared fine-tune's) task as arguments, so Ray starts it when they are done. Workers read and write
+the study directory, which must be at the same path on every node (a shared filesystem); the driver
+records every outcome. A task whose worker dies is started again up to `execution.retries` times.
+Ray is an optional extra (pip install 'faircompress[ray]'), imported only here."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ...config import ConfigError, ExecutionConfig
+from ...plan import RunKind
+from .. import EXECUTORS, quiet
+from ..driver import Batch, Driver
+from ..graph import dependencies
+from ..worker import Outcome, RelayHooks, execute, set_threads
+
+
+class RayError(ConfigError):
+    """Ray cannot be used as asked: not installed, or no cluster at the address."""
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Tasks on a Ray cluster (or a Ray started on this machine)."""
+
+    settings_used = ("address", "resources", "retries", "threads", "baseline_threads")  # of `ExecutionConfig`
+
+    def __init__(self, settings: ExecutionConfig) -> None:
+        self.settings = settings
+        self.threads = settings.threads or max(1, int(settings.resources.cpus))
+        self.baseline_threads = settings.baseline_threads or self.threads
+
+    def describe(self) -> str:
+        where = f"the Ray cluster at {self.settings.address}" if self.settings.address else "a Ray started on this machine"
+        r = self.settings.resources
+        return (f"executor: ray, on {where}; each run asks for {r.cpus:g} CPU" + (f" and {r.gpus:g} GPU" if r.gpus else "")
+                + f", {self.threads} PyTorch thread(s) ({self.baseline_threads} for a baseline); speed is timed while the node's "
+                "other runs wait")
+
+    def run(self, batch: Batch, driver: Driver) -> None:
+        ray = _connect(self.settings.address)
+        try:
+            self._run(ray, batch, driver)
+        finally:
+            ray.shutdown()
+
+    def _run(self, ray: Any, batch: Batch, driver: Driver) -> None:
+        from ray.util.queue import Empty, Queue
+
+        s = self.settings
+        task = ray.remote(_task).options(num_cpus=s.resources.cpus, num_gpus=s.resources.gpus, max_retries=s.retries,
+                                         retry_exceptions=False)
+        events, data = Queue(), ray.put(batch.data)
+        runs = {r.run_id: r for r in batch.runs}
+        refs: dict[str, Any] = {}
+        for run, waits in zip(batch.runs, dependencies(batch.runs).values()):
+            threads = self.baseline_threads if run.kind is RunKind.BASELINE else self.threads
+            refs[run.run_id] = task.remote(batch.cfg, run, data, str(batch.out), threads, events, *[refs[w] for w in waits])
+        pending = {ref: run_id for run_id, ref in refs.items()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for event in _drain(events, Empty):  # a task's events come before its result
+                _relay(event, driver, runs)
+            for ref in done:
+                run_id = pending.pop(ref)
+                driver.finished(runs[run_id], _outcome(ray, ref, run_id))
+
+
+def _relay(event: tuple, driver: Driver, runs: dict) -> None:
+    run_id, kind, payload = event
+    if kind == "started":
+        driver.started(runs[run_id], payload)
+    else:
+        driver.relay(run_id, kind, payload)
+
+
+def _drain(events: Any, empty: type[Exception]) -> list[tuple]:
+    try:
+        return events.get_nowait_batch(events.qsize())
+    except empty:
+        return []
+
+
+def _outcome(ray: Any, ref: Any, run_id: str) -> Outcome:
+    """The task's outcome; a task that Ray gave up on (its worker died more often than retries allow) failed."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:
+        return Outcome(run_id, error=f"Ray could not complete the run: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def _task(cfg, run, data, out: str, threads: int, events, *done_before: Outcome) -> Outcome:
+    """One run in a Ray worker process (the outcomes it waited for are not needed, only their being done)."""
+    study = Path(out)
+    pid = os.getpid()
+    events.put((run.run_id, "started", f"{socket.gethostname()}:{pid}"))
+    if not (study / "results.sqlite").exists():
+        return Outcome(run.run_id, error=f"the study directory {study} is not on this node ({socket.gethostname()}): put it on a "
+                       "filesystem every node mounts at the same path", fault=False)
+    set_threads(threads)
+    if not isinstance(quiet.current(), quiet.QuietLock):
+        quiet.install(quiet.QuietLock())
+    return execute(cfg, run, data, study, RelayHooks(run.run_id, events.put))
+
+
+def _connect(address: str | None) -> Any:
+    """Ray, connected: to the cluster at ``address`` (checked reachable first, for a clear error), else started here."""
+    try:
+        import ray
+    except ImportError:
+        raise RayError("execution.executor: ray needs Ray installed: pip install 'faircompress[ray]'") from None
+    if address and address != "auto":
+        _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as e:
+        raise RayError(f"execution.address: no Ray cluster at {address!r} ({e}); start one with `ray start --head` "
+                       "on the head node, or leave the address out to start Ray on this machine") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayError(f"execution.address: {address!r} is not host:port (e.g. 10.0.0.5:6379, ray://head:10001 or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise RayError(f"execution.address: cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
+                       "`ray start --head` on the head node, or leave the address out to start Ray on this machine") from None

@@ -1,0 +1,173 @@
+"""Executors: one study run one by one, side by side in worker processes, or on a local Ray, stores the
+same results (same seeds and threads -> same predictions); a Ray worker killed mid-run is retried and
+its run recorded once; the timing lock keeps runs quiet while a speed is measured."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_DATA
+from faircompress.config import ConfigError, load_config
+from faircompress.execute import Schedule, dependencies
+from faircompress.execute.quiet import QuietLock
+from faircompress.plan import Hooks, RunKind, plan
+from faircompress.store import ResultStore
+from faircompress.study import run_study
+
+PRUNE = {"prune": {"sparsity": 0.5, "epochs": 1}}
+RECIPES = [[PRUNE], [PRUNE, {"quantize": {"mode": "int8-weights"}}], [{"quantize": {"mode": "int8-weights"}}]]
+
+
+def _config(out: Path, **execution):
+    return load_config(None, {
+        "output_dir": str(out), "dataset.params": dict(TINY_DATA), "train.epochs": 3, "train.batch_size": 8,
+        "train.precision": "fp32", "train.device": "cpu", "evaluation.latency_runs": 3, "evaluation.memory": False,
+        "recipes": RECIPES, "repeats": 2, **{f"execution.{k}": v for k, v in execution.items()}})
+
+
+def _stored(out: Path) -> dict:
+    """What a study stored that does not depend on the clock: every run's status, predictions and metrics."""
+    store = ResultStore(out)
+    try:
+        c = store.conn
+        return {
+            "runs": c.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall(),
+            "predictions": c.execute("SELECT run_id, sample, y_pred FROM predictions ORDER BY run_id, sample").fetchall(),
+            "metrics": c.execute("SELECT run_id, metric, attribute, grp, value FROM metrics WHERE metric NOT IN "
+                                 "('latency_ms', 'throughput_ips') ORDER BY run_id, metric, attribute, grp").fetchall(),
+        }
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def one_by_one(tmp_path_factory) -> dict:
+    """The reference: the local executor, one run at a time, one PyTorch thread."""
+    out = tmp_path_factory.mktemp("one-by-one")
+    report = run_study(_config(out, threads=1, baseline_threads=2))
+    assert not report.failed and len(report.ran) == len(plan(_config(out)))
+    return _stored(out)
+
+
+def test_dependencies_wait_for_the_baseline_and_the_first_run_that_makes_a_shared_model(tmp_path):
+    runs = plan(_config(tmp_path))
+    deps = dependencies(runs)
+    base = runs[0]
+    assert base.kind is RunKind.BASELINE and deps[base.run_id] == []
+    prune = [r for r in runs if r.recipe is not None and r.recipe.train_steps]
+    for r in prune:  # prune and prune + int8 of one repeat share the fine-tuned model: the first makes it
+        maker = next(x for x in prune if x.prefix_id == r.prefix_id)
+        assert deps[r.run_id] == [base.run_id] + ([maker.run_id] if maker is not r else [])
+    sched = Schedule(runs)
+    first = sched.next_ready()
+    assert first is base and sched.next_ready() is None  # everything else waits for the baseline
+    sched.finished(base.run_id)
+    assert sched.next_ready() is not None
+
+
+def test_worker_processes_store_what_one_by_one_stores(tmp_path, one_by_one):
+    report = run_study(_config(tmp_path, workers=2, threads=1, baseline_threads=2))
+    assert not report.failed
+    assert _stored(tmp_path) == one_by_one
+
+
+def test_a_timing_waits_until_running_runs_step_aside(tmp_path):
+    steps: list[float] = []
+    stop = threading.Event()
+
+    def training() -> None:
+        lock = QuietLock(tmp_path)
+        with lock.running():
+            while not stop.is_set():
+                lock.step_aside()
+                steps.append(time.monotonic())
+                time.sleep(0.005)
+
+    t = threading.Thread(target=training)
+    t.start()
+    time.sleep(0.1)
+    with QuietLock(tmp_path).timing():
+        start = time.monotonic()
+        time.sleep(0.3)
+        end = time.monotonic()
+    time.sleep(0.1)
+    stop.set()
+    t.join()
+    assert steps and not [s for s in steps if start < s < end]
+    assert any(s > end for s in steps)  # and it went on afterwards
+
+
+def test_the_local_executor_imports_no_ray():
+    code = ("import sys; from faircompress.config import load_config; from faircompress.execute import EXECUTORS; "
+            "print(EXECUTORS.names(), load_config(None, {'execution.workers': 2}).execution.executor, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['local', 'ray'] local False"
+
+
+def test_an_unknown_executor_names_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown executor 'dask' \\(known: local, ray\\)"):
+        load_config(None, {"execution.executor": "dask"})
+
+
+# --- Ray ----------------------------------------------------------------------------------------------
+
+class KillBaselineOnce(Hooks):
+    """Kills the baseline's Ray worker (SIGKILL) when its first epoch is reported."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, list[str]] = {}
+        self.killed: str | None = None
+
+    def run_worker(self, run, worker: str) -> None:
+        self.workers.setdefault(run.run_id, []).append(worker)
+
+    def run_epoch(self, run, log) -> None:
+        if run.kind is RunKind.BASELINE and self.killed is None:
+            self.killed = self.workers[run.run_id][-1]
+            os.kill(int(self.killed.rpartition(":")[2]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def on_ray(tmp_path_factory):
+    pytest.importorskip("ray")
+    out = tmp_path_factory.mktemp("ray")
+    hooks = KillBaselineOnce()
+    report = run_study(_config(out, executor="ray", resources={"cpus": 1}, threads=1, baseline_threads=2, retries=2), hooks)
+    return out, report, hooks
+
+
+def test_ray_stores_what_the_local_executor_stores(on_ray, one_by_one):
+    out, report, _ = on_ray
+    assert not report.failed
+    assert _stored(out) == one_by_one
+
+
+def test_a_killed_ray_worker_is_retried_and_its_run_recorded_once(on_ray):
+    out, report, hooks = on_ray
+    assert hooks.killed is not None
+    store = ResultStore(out)
+    try:
+        runs = store.runs()
+        base = runs[runs.kind == "baseline"]
+        assert list(base.status) == ["finished"] and list(base.attempts) == [2]
+        (run_id,) = base.run_id
+        assert len(hooks.workers[run_id]) == 2 and hooks.workers[run_id][0] == hooks.killed  # started again elsewhere
+        n = store.conn.execute("SELECT COUNT(*) FROM predictions WHERE run_id=?", (run_id,)).fetchone()[0]
+        assert n == len(store.sample_rows(store.conn.execute("SELECT dataset_key FROM datasets").fetchone()[0]))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("address, says", [("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"),
+                                           ("head-node", "'head-node' is not host:port")])
+def test_a_bad_ray_address_is_a_clear_error(tmp_path, address, says):
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match=says):
+        run_study(_config(tmp_path, executor="ray", address=address))
