@@ -4,7 +4,6 @@ its run recorded once; the timing lock keeps runs quiet while a speed is measure
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,13 +22,48 @@ from faircompress.study import run_study
 
 PRUNE = {"prune": {"sparsity": 0.5, "epochs": 1}}
 RECIPES = [[PRUNE], [PRUNE, {"quantize": {"mode": "int8-weights"}}], [{"quantize": {"mode": "int8-weights"}}]]
+DIE_ONCE = "FAIRCOMPRESS_TEST_DIE_ONCE"
+# A small model whose first training step in a process that sees DIE_ONCE kills that process (SIGKILL),
+# once: the file it names marks that it happened. What it computes is the same either way.
+MODEL = f'''
+import os
+import signal
+
+from torch import nn
 
 
-def _config(out: Path, **execution):
+class Small(nn.Module):
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        marker = os.environ.get("{DIE_ONCE}")
+        if marker and self.training and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.head(self.features(x / 255.0))
+
+
+def build(*, in_channels, num_classes, input_size):
+    return Small(in_channels, num_classes)
+'''
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "small.py"
+    path.write_text(MODEL)
+    return path
+
+
+def _config(out: Path, model: Path, **execution):
     return load_config(None, {
-        "output_dir": str(out), "dataset.params": dict(TINY_DATA), "train.epochs": 3, "train.batch_size": 8,
-        "train.precision": "fp32", "train.device": "cpu", "evaluation.latency_runs": 3, "evaluation.memory": False,
-        "recipes": RECIPES, "repeats": 2, **{f"execution.{k}": v for k, v in execution.items()}})
+        "output_dir": str(out), "dataset.params": dict(TINY_DATA), "model": {"file": str(model), "function": "build"},
+        "train.epochs": 2, "train.batch_size": 8, "train.precision": "fp32", "train.device": "cpu", "evaluation.latency_runs": 3,
+        "evaluation.memory": False, "recipes": RECIPES, "repeats": 2, **{f"execution.{k}": v for k, v in execution.items()}})
 
 
 def _stored(out: Path) -> dict:
@@ -48,16 +82,17 @@ def _stored(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_by_one(tmp_path_factory) -> dict:
-    """The reference: the local executor, one run at a time, one PyTorch thread."""
+def one_by_one(tmp_path_factory, model_file) -> dict:
+    """The reference: the local executor, one run at a time: variants on one PyTorch thread, baselines on two."""
     out = tmp_path_factory.mktemp("one-by-one")
-    report = run_study(_config(out, threads=1, baseline_threads=2))
-    assert not report.failed and len(report.ran) == len(plan(_config(out)))
+    cfg = _config(out, model_file, threads=1, baseline_threads=2)
+    report = run_study(cfg)
+    assert not report.failed and len(report.ran) == len(plan(cfg))
     return _stored(out)
 
 
-def test_dependencies_wait_for_the_baseline_and_the_first_run_that_makes_a_shared_model(tmp_path):
-    runs = plan(_config(tmp_path))
+def test_dependencies_wait_for_the_baseline_and_the_first_run_that_makes_a_shared_model(tmp_path, model_file):
+    runs = plan(_config(tmp_path, model_file))
     deps = dependencies(runs)
     base = runs[0]
     assert base.kind is RunKind.BASELINE and deps[base.run_id] == []
@@ -72,8 +107,8 @@ def test_dependencies_wait_for_the_baseline_and_the_first_run_that_makes_a_share
     assert sched.next_ready() is not None
 
 
-def test_worker_processes_store_what_one_by_one_stores(tmp_path, one_by_one):
-    report = run_study(_config(tmp_path, workers=2, threads=1, baseline_threads=2))
+def test_worker_processes_store_what_one_by_one_stores(tmp_path, model_file, one_by_one):
+    report = run_study(_config(tmp_path, model_file, workers=2, threads=1, baseline_threads=2))
     assert not report.failed
     assert _stored(tmp_path) == one_by_one
 
@@ -118,47 +153,50 @@ def test_an_unknown_executor_names_the_known_ones():
 
 # --- Ray ----------------------------------------------------------------------------------------------
 
-class KillBaselineOnce(Hooks):
-    """Kills the baseline's Ray worker (SIGKILL) when its first epoch is reported."""
+class Workers(Hooks):
+    """Which worker each run was started on, each time."""
 
     def __init__(self) -> None:
-        self.workers: dict[str, list[str]] = {}
-        self.killed: str | None = None
+        self.of: dict[str, list[str]] = {}
 
     def run_worker(self, run, worker: str) -> None:
-        self.workers.setdefault(run.run_id, []).append(worker)
-
-    def run_epoch(self, run, log) -> None:
-        if run.kind is RunKind.BASELINE and self.killed is None:
-            self.killed = self.workers[run.run_id][-1]
-            os.kill(int(self.killed.rpartition(":")[2]), signal.SIGKILL)
+        self.of.setdefault(run.run_id, []).append(worker)
 
 
 @pytest.fixture(scope="module")
-def on_ray(tmp_path_factory):
+def on_ray(tmp_path_factory, model_file):
+    """A study on a Ray started here, 2 tasks at once; the first training step kills its worker once."""
     pytest.importorskip("ray")
     out = tmp_path_factory.mktemp("ray")
-    hooks = KillBaselineOnce()
-    report = run_study(_config(out, executor="ray", resources={"cpus": 1}, threads=1, baseline_threads=2, retries=2), hooks)
-    return out, report, hooks
+    marker = out.parent / f"{out.name}-died"
+    hooks = Workers()
+    os.environ[DIE_ONCE] = str(marker)  # Ray's processes, started below, inherit it
+    try:
+        report = run_study(_config(out, model_file, executor="ray", resources={"cpus": 1}, threads=1, baseline_threads=2,
+                                   retries=2), hooks)
+    finally:
+        del os.environ[DIE_ONCE]
+    return out, report, hooks, marker
 
 
 def test_ray_stores_what_the_local_executor_stores(on_ray, one_by_one):
-    out, report, _ = on_ray
+    out, report, _, _ = on_ray
     assert not report.failed
     assert _stored(out) == one_by_one
 
 
 def test_a_killed_ray_worker_is_retried_and_its_run_recorded_once(on_ray):
-    out, report, hooks = on_ray
-    assert hooks.killed is not None
+    out, report, hooks, marker = on_ray
+    assert marker.exists()  # the baseline's first training step killed its worker
     store = ResultStore(out)
     try:
         runs = store.runs()
         base = runs[runs.kind == "baseline"]
         assert list(base.status) == ["finished"] and list(base.attempts) == [2]
+        assert (runs[runs.kind == "variant"].attempts == 1).all()
         (run_id,) = base.run_id
-        assert len(hooks.workers[run_id]) == 2 and hooks.workers[run_id][0] == hooks.killed  # started again elsewhere
+        first, again = hooks.of[run_id]
+        assert first != again  # started again in another worker process
         n = store.conn.execute("SELECT COUNT(*) FROM predictions WHERE run_id=?", (run_id,)).fetchone()[0]
         assert n == len(store.sample_rows(store.conn.execute("SELECT dataset_key FROM datasets").fetchone()[0]))
     finally:
@@ -167,7 +205,7 @@ def test_a_killed_ray_worker_is_retried_and_its_run_recorded_once(on_ray):
 
 @pytest.mark.parametrize("address, says", [("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"),
                                            ("head-node", "'head-node' is not host:port")])
-def test_a_bad_ray_address_is_a_clear_error(tmp_path, address, says):
+def test_a_bad_ray_address_is_a_clear_error(tmp_path, model_file, address, says):
     pytest.importorskip("ray")
     with pytest.raises(ConfigError, match=says):
-        run_study(_config(tmp_path, executor="ray", address=address))
+        run_study(_config(tmp_path, model_file, executor="ray", address=address))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..atomic import EnvironmentFault
 from ..config import StudyConfig
@@ -67,16 +67,23 @@ class Driver:
         """Record the outcome; a fault of the machine (e.g. a full disk) stops the study."""
         if run.run_id not in self._runs:  # e.g. Ray gave up on it before it began: recorded all the same
             self.started(run)
-        if outcome.fault:
-            with suppress(EnvironmentFault):
-                self.store.fail_run(run.run_id, str(outcome.error))
-            raise EnvironmentFault(str(outcome.error))
+        if outcome.fault is not None:
+            self._stop(run, outcome.fault)
         if outcome.result is None:
             msg = str(outcome.error)
             self.store.fail_run(run.run_id, msg + ("\n" + outcome.trace if outcome.trace else ""))
             self.failed[run.run_id] = msg
             self.hooks.run_failed(run, msg)
             return
-        self.store.finish_run(run.run_id, outcome.result)
+        try:
+            self.store.finish_run(run.run_id, outcome.result)
+        except EnvironmentFault as e:
+            self._stop(run, e)
         self.ran.append(run.run_id)
         self.hooks.run_finished(run, outcome.result)
+
+    def _stop(self, run: PlannedRun, fault: EnvironmentFault) -> NoReturn:
+        """A full disk fails every later run too: stop, the run recorded as failed if the store still can."""
+        with suppress(EnvironmentFault):
+            self.store.fail_run(run.run_id, f"{type(fault).__name__}: {fault}")
+        raise fault

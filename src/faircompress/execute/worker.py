@@ -27,7 +27,7 @@ class Outcome:
     result: RunResult | None = None
     error: str | None = None
     trace: str | None = None
-    fault: bool = False
+    fault: EnvironmentFault | None = None
     worker: str = ""
 
 
@@ -42,7 +42,7 @@ def execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hoo
         result.artefact = str(Path(result.artefact).relative_to(out))
         return Outcome(run.run_id, result=result, worker=worker)
     except EnvironmentFault as e:
-        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", fault=True, worker=worker)
+        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", fault=e, worker=worker)
     except Exception as e:  # a failed run is recorded; the study carries on
         return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=8), worker=worker)
 
