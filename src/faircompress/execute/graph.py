@@ -56,6 +56,10 @@ class Schedule:
     def take(self, run: PlannedRun) -> None:
         self._handed.add(run.run_id)
 
+    def give_back(self, run: PlannedRun) -> None:
+        """A run handed out that never started (its worker was gone): ready again."""
+        self._handed.discard(run.run_id)
+
     def finished(self, run_id: str) -> None:
         self._finished.add(run_id)
 

@@ -4,19 +4,25 @@ A baseline trains on more threads than a variant's share (by default every core)
 its variants cannot start before it ends anyway."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import queue
-from contextlib import contextmanager
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager, suppress
+from multiprocessing.connection import Connection, Listener, wait
 from typing import Any, Iterator
 
 from ...atomic import EnvironmentFault
 from ...config import ExecutionConfig
 from ...plan import PlannedRun, RunKind
-from .. import EXECUTORS, quiet
+from .. import EXECUTORS
 from ..driver import Batch, Driver
 from ..graph import Schedule
-from ..worker import Outcome, RelayHooks, execute, set_threads
+from ..pool_worker import KEY_VARIABLE
+from ..worker import Outcome, execute
 
 
 class WorkerError(EnvironmentFault):
@@ -78,19 +84,18 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 class WorkerPool:
-    """Worker processes (spawned: a fresh interpreter, given the dataset once) taking runs from one
-    queue and putting events and outcomes on another. A worker that dies fails its run, and another takes its place."""
+    """Worker processes, each a fresh interpreter (`execute.pool_worker`) connected to this one over a
+    private socket: it is sent the dataset once, then one run at a time, and sends back events and
+    outcomes. A worker that dies fails its run, and another takes its place."""
 
     def __init__(self, executor: LocalExecutor, batch: Batch) -> None:
-        self.ctx = mp.get_context("spawn")
         self.executor, self.batch, self.size = executor, batch, executor.workers
-        self.jobs: Any = self.ctx.Queue()
-        self.events: Any = self.ctx.Queue()
-        self.procs: list[Any] = []
-        self.busy: dict[int, str] = {}  # worker pid -> run id
-        self.queued: list[str] = []     # handed to the queue, not started yet
-        self.alone: str | None = None   # a run that has the machine to itself
-        self.served: set[int] = set()   # workers that took a run
+        self.folder = tempfile.mkdtemp(prefix="faircompress-pool-")
+        self.key = os.urandom(16)
+        self.listener = Listener(os.path.join(self.folder, "socket"), family="AF_UNIX", authkey=self.key)
+        self.workers: dict[Connection, subprocess.Popen] = {}
+        self.busy: dict[Connection, str] = {}  # worker -> the run it executes
+        self.alone: str | None = None          # a run that has the machine to itself
 
     def __enter__(self) -> "WorkerPool":
         for _ in range(self.size):
@@ -98,85 +103,88 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()  # stopping (an interrupt, a fault): the runs in flight are not recorded and rerun on resume
-            p.join(timeout=10)
+        for conn, proc in self.workers.items():
+            with suppress(OSError):
+                conn.send(None)
+            if exc[0] is not None:
+                proc.kill()  # stopping (an interrupt, a fault): the runs in flight are not recorded and rerun on resume
+        for proc in self.workers.values():
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        self.listener.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _spawn(self) -> None:
+        env = {**os.environ, KEY_VARIABLE: self.key.hex()}
+        proc = subprocess.Popen([sys.executable, "-m", "faircompress.execute.pool_worker", str(self.listener.address)], env=env)
+        accepted: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: accepted.put(self.listener.accept()), daemon=True).start()
+        while True:
+            with suppress(queue.Empty):
+                conn = accepted.get(timeout=0.2)
+                break
+            if proc.poll() is not None:
+                raise WorkerError(f"a worker process could not start (exit code {proc.returncode}); its error is above")
         b = self.batch
-        p = self.ctx.Process(target=_worker_main, args=(b.cfg, b.data, b.out, self.jobs, self.events), daemon=True)
-        p.start()
-        self.procs.append(p)
+        conn.send((b.cfg, b.data, b.out))
+        self.workers[conn] = proc
 
     def run_all(self, driver: Driver) -> None:
         sched = Schedule(self.batch.runs)
         runs = {r.run_id: r for r in sched.runs}
-        while sched.left or self.queued or self.busy:
+        while sched.left or self.busy:
             self._dispatch(sched)
-            try:
-                self._handle(self.events.get(timeout=0.5), driver, runs, sched)
-                while True:  # every event that has arrived, before looking for dead workers
-                    self._handle(self.events.get_nowait(), driver, runs, sched)
-            except queue.Empty:
-                self._replace_dead(driver, runs, sched)
+            for conn in wait(list(self.busy), timeout=1.0):
+                try:
+                    event = conn.recv()
+                except (EOFError, OSError):
+                    self._died(conn, driver, runs, sched)
+                    continue
+                self._handle(event, driver, runs, sched, conn)
 
     def _dispatch(self, sched: Schedule) -> None:
-        """Hand out ready runs while a worker is free; a run on more threads than a worker's share waits
+        """Hand out ready runs to idle workers; a run on more threads than a worker's share waits
         until nothing else runs, and nothing starts beside it."""
-        in_flight = len(self.queued) + len(self.busy)
-        while in_flight < self.size and self.alone is None and (run := sched.peek()) is not None:
+        for conn in [c for c in self.workers if c not in self.busy]:
+            run = sched.peek() if self.alone is None else None
+            if run is None:
+                return
             threads = self.executor.threads_for(run)
             if threads > self.executor.threads:
-                if in_flight:
+                if self.busy:
                     return
                 self.alone = run.run_id
             sched.take(run)
-            self.jobs.put((run, threads))
-            self.queued.append(run.run_id)
-            in_flight += 1
+            try:
+                conn.send((run, threads))
+            except OSError:  # the worker died while idle: another takes its place, and the run waits for it
+                sched.give_back(run)
+                self.alone = None if self.alone == run.run_id else self.alone
+                self.workers.pop(conn).wait()
+                self._spawn()
+                return
+            self.busy[conn] = run.run_id
 
-    def _handle(self, event: tuple, driver: Driver, runs: dict, sched: Schedule) -> None:
-        pid, run_id, kind, payload = event
+    def _handle(self, event: tuple, driver: Driver, runs: dict, sched: Schedule, conn: Connection) -> None:
+        run_id, kind, payload = event
         if kind == "started":
-            self.served.add(pid)
-            self.queued.remove(run_id)
-            self.busy[pid] = run_id
             driver.started(runs[run_id], payload)
         elif kind == "outcome":
-            self._ended(pid, run_id, sched)
+            self._ended(conn, run_id, sched)
             driver.finished(runs[run_id], payload)
         else:
             driver.relay(run_id, kind, payload)
 
-    def _ended(self, pid: int, run_id: str, sched: Schedule) -> None:
-        self.busy.pop(pid, None)
+    def _ended(self, conn: Connection, run_id: str, sched: Schedule) -> None:
+        self.busy.pop(conn, None)
         sched.finished(run_id)
         if self.alone == run_id:
             self.alone = None
 
-    def _replace_dead(self, driver: Driver, runs: dict, sched: Schedule) -> None:
-        """Called when no event is waiting: a dead worker's last events have all been read. A worker
-        that dies before taking any run cannot start at all: the study stops rather than spawn forever."""
-        for p in [p for p in self.procs if not p.is_alive()]:
-            self.procs.remove(p)
-            run_id = self.busy.get(p.pid)
-            if run_id is None and p.pid not in self.served:
-                raise WorkerError(f"a worker process could not start (exit code {p.exitcode}); its error is above")
-            if run_id is not None:
-                self._ended(p.pid, run_id, sched)
-                driver.finished(runs[run_id], Outcome(run_id, error=f"its worker process {p.pid} died (exit code {p.exitcode})"))
-            self._spawn()
-
-
-def _worker_main(cfg, data, out, jobs: Any, events: Any) -> None:
-    """A worker process: take runs until the pool is closed."""
-    quiet.install(quiet.QuietLock())
-    pid = os.getpid()
-    send = lambda event: events.put((pid, *event))  # noqa: E731
-    while True:
-        run, threads = jobs.get()
-        set_threads(threads)
-        send((run.run_id, "started", f"{os.uname().nodename}:{pid}"))
-        outcome = execute(cfg, run, data, out, RelayHooks(run.run_id, send))
-        send((run.run_id, "outcome", outcome))
+    def _died(self, conn: Connection, driver: Driver, runs: dict, sched: Schedule) -> None:
+        proc = self.workers.pop(conn)
+        code = proc.wait()
+        run_id = self.busy[conn]
+        self._ended(conn, run_id, sched)
+        driver.finished(runs[run_id], Outcome(run_id, error=f"its worker process {proc.pid} died (exit code {code})"))
+        self._spawn()
