@@ -1,7 +1,8 @@
 """A slice of the default study (the paper CNN on the default synthetic set; baseline, int8, prune 50 %
 with and without int8, 16 clusters; 3 repeats) run three ways on this machine, one after the other:
 the local executor one run at a time (PyTorch's default threads), the local executor with single-threaded
-worker processes side by side, and Ray with the same single-threaded tasks. Prints wall times, Ray's
+worker processes side by side, and Ray with the same single-threaded tasks (baselines, alone in all
+three, train on every core). Prints wall times, Ray's
 overhead against the local workers (same threads, same runs: same predictions, checked), and the
 workers' speed-up over one at a time.
 
@@ -15,6 +16,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import PrintHooks  # noqa: E402
@@ -56,13 +59,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "runs" / "bench" / "ray-overhead"))
     args = ap.parse_args()
     out, w = Path(args.out), args.workers
-    modes = {"local, one at a time (default threads)": {},
-             f"local, {w} worker processes x 1 thread": {"workers": w, "threads": 1},
-             f"ray, {w} tasks x 1 CPU (1 thread)": {"executor": "ray", "resources": {"cpus": 1}, "threads": 1}}
+    cores = torch.get_num_threads()
+    modes = {f"local, one at a time ({cores} threads)": {},
+             f"local, {w} worker processes x 1 thread": {"workers": w, "threads": 1, "baseline_threads": cores},
+             f"ray, {w} tasks x 1 CPU (1 thread)": {"executor": "ray", "resources": {"cpus": 1}, "threads": 1, "baseline_threads": cores}}
     results = {name: timed(out / f"mode-{i}", args.epochs, ex) for i, (name, ex) in enumerate(modes.items())}
     one, local, ray = (results[n] for n in modes)
-    print(f"\n== {len(one[1]) and len({r for r, _, _ in one[1]})} runs, baseline {args.epochs} epochs, "
-          f"{os.cpu_count()} cores ==")
+    print(f"\n== {len({r for r, _, _ in one[1]})} runs, baseline {args.epochs} epochs, {os.cpu_count()} cores ==")
     for name, (wall, _) in results.items():
         print(f"  {name:<44} {wall:7.1f} s")
     print(f"Ray's overhead against the local workers: {ray[0] / local[0] - 1:+.1%} of wall time (target <= 10 %)")

@@ -209,3 +209,9 @@ def test_a_bad_ray_address_is_a_clear_error(tmp_path, model_file, address, says)
     pytest.importorskip("ray")
     with pytest.raises(ConfigError, match=says):
         run_study(_config(tmp_path, model_file, executor="ray", address=address))
+
+
+def test_a_run_no_ray_node_could_take_is_refused(tmp_path, model_file):
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match="a run asks for 4096 CPU but no node of the Ray cluster has more than"):
+        run_study(_config(tmp_path, model_file, executor="ray", resources={"cpus": 4096}))

@@ -38,8 +38,8 @@ class RayExecutor:
         where = f"the Ray cluster at {self.settings.address}" if self.settings.address else "a Ray started on this machine"
         r = self.settings.resources
         return (f"executor: ray, on {where}; each run asks for {r.cpus:g} CPU" + (f" and {r.gpus:g} GPU" if r.gpus else "")
-                + f", {self.threads} PyTorch thread(s) ({self.baseline_threads} for a baseline); speed is timed while the node's "
-                "other runs wait")
+                + f", {self.threads} PyTorch thread(s); a baseline {self.baseline_threads} thread(s) and as many CPUs; speed is "
+                "timed while the node's other runs wait")
 
     def run(self, batch: Batch, driver: Driver) -> None:
         ray = _connect(self.settings.address)
@@ -52,14 +52,17 @@ class RayExecutor:
         from ray.util.queue import Empty, Queue
 
         s = self.settings
-        task = ray.remote(_task).options(num_cpus=s.resources.cpus, num_gpus=s.resources.gpus, max_retries=s.retries,
-                                         retry_exceptions=False)
+        remote, asks = ray.remote(_task), {"num_gpus": s.resources.gpus, "max_retries": s.retries, "retry_exceptions": False}
+        task = remote.options(num_cpus=s.resources.cpus, **asks)
+        baseline_task = remote.options(num_cpus=max(s.resources.cpus, self.baseline_threads), **asks)  # as many cores as threads
+        _check_fits(ray, {"CPU": max(s.resources.cpus, self.baseline_threads), "GPU": s.resources.gpus})
         events, data = Queue(), ray.put(batch.data)
         runs = {r.run_id: r for r in batch.runs}
         refs: dict[str, Any] = {}
         for run, waits in zip(batch.runs, dependencies(batch.runs).values()):
-            threads = self.baseline_threads if run.kind is RunKind.BASELINE else self.threads
-            refs[run.run_id] = task.remote(batch.cfg, run, data, str(batch.out), threads, events, *[refs[w] for w in waits])
+            base = run.kind is RunKind.BASELINE
+            refs[run.run_id] = (baseline_task if base else task).remote(
+                batch.cfg, run, data, str(batch.out), self.baseline_threads if base else self.threads, events, *[refs[w] for w in waits])
         pending = {ref: run_id for run_id, ref in refs.items()}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -68,6 +71,16 @@ class RayExecutor:
             for ref in done:
                 run_id = pending.pop(ref)
                 driver.finished(runs[run_id], _outcome(ray, ref, run_id))
+
+
+def _check_fits(ray: Any, asks: dict[str, float]) -> None:
+    """Refuse a run that no node of the cluster could take (Ray would wait for such a node forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for what, n in asks.items():
+        most = max((r.get(what, 0) for r in nodes), default=0)
+        if n > most:
+            raise RayError(f"execution: a run asks for {n:g} {what} but no node of the Ray cluster has more than {most:g} "
+                           "(resources.cpus, resources.gpus, baseline_threads)")
 
 
 def _relay(event: tuple, driver: Driver, runs: dict) -> None:
