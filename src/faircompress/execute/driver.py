@@ -39,9 +39,13 @@ class Driver:
     failed: dict[str, str] = field(default_factory=dict)
     _started: int = 0
     _runs: dict[str, PlannedRun] = field(default_factory=dict)
+    _ended: set[str] = field(default_factory=set)
 
     def started(self, run: PlannedRun, worker: str = "") -> None:
-        """A run began (again, after its worker died: its partial rows are cleared and attempts counted)."""
+        """A run began (again, after its worker died: its partial rows are cleared and attempts counted).
+        Word of a start that comes after the run's outcome (a worker's events may be late) is ignored."""
+        if run.run_id in self._ended:
+            return
         if run.run_id not in self._runs:
             self.hooks.run_started(run, self._started, self.total)
             self._started += 1
@@ -67,6 +71,7 @@ class Driver:
         """Record the outcome; a fault of the machine (e.g. a full disk) stops the study."""
         if run.run_id not in self._runs:  # e.g. Ray gave up on it before it began: recorded all the same
             self.started(run)
+        self._ended.add(run.run_id)
         if outcome.fault is not None:
             self._stop(run, outcome.fault)
         if outcome.result is None:

@@ -49,14 +49,12 @@ class RayExecutor:
             ray.shutdown()
 
     def _run(self, ray: Any, batch: Batch, driver: Driver) -> None:
-        from ray.util.queue import Empty, Queue
-
         s = self.settings
         remote, asks = ray.remote(_task), {"num_gpus": s.resources.gpus, "max_retries": s.retries, "retry_exceptions": False}
         task = remote.options(num_cpus=s.resources.cpus, **asks)
         baseline_task = remote.options(num_cpus=max(s.resources.cpus, self.baseline_threads), **asks)  # as many cores as threads
         _check_fits(ray, {"CPU": max(s.resources.cpus, self.baseline_threads), "GPU": s.resources.gpus})
-        events, data = Queue(), ray.put(batch.data)
+        events, data = ray.remote(num_cpus=0)(Events).remote(), ray.put(batch.data)
         runs = {r.run_id: r for r in batch.runs}
         refs: dict[str, Any] = {}
         for run, waits in zip(batch.runs, dependencies(batch.runs).values()):
@@ -66,7 +64,7 @@ class RayExecutor:
         pending = {ref: run_id for run_id, ref in refs.items()}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for event in _drain(events, Empty):  # a task's events come before its result
+            for event in ray.get(events.take.remote()):
                 _relay(event, driver, runs)
             for ref in done:
                 run_id = pending.pop(ref)
@@ -91,11 +89,19 @@ def _relay(event: tuple, driver: Driver, runs: dict) -> None:
         driver.relay(run_id, kind, payload)
 
 
-def _drain(events: Any, empty: type[Exception]) -> list[tuple]:
-    try:
-        return events.get_nowait_batch(events.qsize())
-    except empty:
-        return []
+class Events:
+    """What tasks report, kept until the driver takes it. Tasks send without waiting for an answer: a
+    task blocked in `ray.get` lends its CPU to another task, which would then run beside it."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple] = []
+
+    def put(self, item: tuple) -> None:
+        self.items.append(item)
+
+    def take(self) -> list[tuple]:
+        items, self.items = self.items, []
+        return items
 
 
 def _outcome(ray: Any, ref: Any, run_id: str) -> Outcome:
@@ -110,14 +116,15 @@ def _task(cfg, run, data, out: str, threads: int, events, *done_before: Outcome)
     """One run in a Ray worker process (the outcomes it waited for are not needed, only their being done)."""
     study = Path(out)
     pid = os.getpid()
-    events.put((run.run_id, "started", f"{socket.gethostname()}:{pid}"))
+    send = events.put.remote  # not waited for (`Events`)
+    send((run.run_id, "started", f"{socket.gethostname()}:{pid}"))
     if not (study / "results.sqlite").exists():
         return Outcome(run.run_id, error=f"the study directory {study} is not on this node ({socket.gethostname()}): put it on a "
                        "filesystem every node mounts at the same path", fault=False)
     set_threads(threads)
     if not isinstance(quiet.current(), quiet.QuietLock):
         quiet.install(quiet.QuietLock())
-    return execute(cfg, run, data, study, RelayHooks(run.run_id, events.put))
+    return execute(cfg, run, data, study, RelayHooks(run.run_id, send))
 
 
 def _connect(address: str | None) -> Any:
