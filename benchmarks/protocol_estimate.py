@@ -44,8 +44,8 @@ def step_rate(cfg, batches: int) -> tuple[float, str, str]:
     precision = resolve_precision(cfg.train.precision, device)
     model = cfg.model.build(shape).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
-    x = torch.rand(cfg.train.batch_size, shape.channels, *shape.image_size, device=device) * 255
-    y = torch.randint(0, shape.classes, (cfg.train.batch_size,), device=device)
+    x = torch.rand(cfg.train.batch_size, shape.channels, shape.size, shape.size, device=device) * 255
+    y = torch.randint(0, shape.num_classes, (cfg.train.batch_size,), device=device)
 
     def step() -> None:
         with autocast(device, precision):

@@ -44,9 +44,7 @@ class DatasetConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r} (known: {', '.join(DATASETS.names())})")
-        return v
+        return DATASETS.check(v)
 
     @field_validator("params")
     @classmethod
@@ -269,9 +267,7 @@ class ExecutionConfig(Strict):
     def _known(cls, v: str) -> str:
         from .execute import EXECUTORS
 
-        if v not in EXECUTORS:
-            raise ValueError(f"unknown executor {v!r} (known: {', '.join(EXECUTORS.names())})")
-        return v
+        return EXECUTORS.check(v)
 
 
 WeightsFiles = Path | list[Path] | dict[int, Path]

@@ -45,6 +45,12 @@ class Registry(Generic[T]):
             known = ", ".join(self.names()) or "none"
             raise KeyError(f"unknown {self.kind} {name!r} (known: {known})") from None
 
+    def check(self, name: str) -> str:
+        """``name`` if it is registered, else a ValueError naming the known ones (for config validators)."""
+        if name not in self:
+            raise ValueError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names()) or 'none'})")
+        return name
+
     def names(self) -> list[str]:
         self.discover()
         return sorted(self._items)
