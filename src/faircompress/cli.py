@@ -390,21 +390,21 @@ class _RichHooks(Hooks):
     def run_started(self, run, index: int, total: int) -> None:
         if self.study is None:
             self.study = self.progress.add_task("study", total=total)
-        console.print(f"[bold cyan]▶ {run.label}[/]  ({index + 1}/{total} to run, id {run.run_id})")
+        console.print(f"[bold cyan]▶ {escape(run.label)}[/]  ({index + 1}/{total} to run, id {run.run_id})")
 
     def run_skipped(self, run) -> None:
-        console.print(f"[dim]✓ {run.label}: finished earlier, skipped[/]")
+        console.print(f"[dim]✓ {escape(run.label)}: finished earlier, skipped[/]")
 
     def run_finished(self, run, result) -> None:
         self._drop_task()
-        console.print(f"[green]✓ {run.label}[/]: test accuracy {_pct(result.scalar('accuracy'))}")
+        console.print(f"[green]✓ {escape(run.label)}[/]: test accuracy {_pct(result.scalar('accuracy'))}")
 
     def run_failed(self, run, error: str) -> None:
         self._drop_task()
-        console.print(f"[red]✗ {run.label}[/]: {error}")
+        console.print(f"[red]✗ {escape(run.label)}[/]: {escape(error)}")
 
     def note(self, text: str) -> None:
-        console.print(text, highlight=False, soft_wrap=True)
+        console.print(text, highlight=False, soft_wrap=True, markup=False)  # e.g. a label's "[epochs=1]" is text
 
     def batch(self, epoch: int, done: int, total: int) -> None:
         desc = f"epoch {epoch}"
