@@ -57,10 +57,12 @@ class RayExecutor:
         events, data = ray.remote(num_cpus=0)(Events).remote(), ray.put(batch.data)
         runs = {r.run_id: r for r in batch.runs}
         refs: dict[str, Any] = {}
-        for run, waits in zip(batch.runs, dependencies(batch.runs).values()):
+        deps = dependencies(batch.runs)
+        for run in batch.runs:  # plan order: the runs it waits for have their refs already
             base = run.kind is RunKind.BASELINE
             refs[run.run_id] = (baseline_task if base else task).remote(
-                batch.cfg, run, data, str(batch.out), self.baseline_threads if base else self.threads, events, *[refs[w] for w in waits])
+                batch.cfg, run, data, str(batch.out), self.baseline_threads if base else self.threads, events,
+                *[refs[w] for w in deps[run.run_id]])
         pending = {ref: run_id for run_id, ref in refs.items()}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
