@@ -215,3 +215,18 @@ def test_a_run_no_ray_node_could_take_is_refused(tmp_path, model_file):
     pytest.importorskip("ray")
     with pytest.raises(ConfigError, match="a run asks for 4096 CPU but no node of the Ray cluster has more than"):
         run_study(_config(tmp_path, model_file, executor="ray", resources={"cpus": 4096}))
+
+
+def test_a_ray_task_on_a_node_without_the_study_directory_fails_its_run_only(tmp_path, model_file):
+    from faircompress.execute.executors.ray_cluster import _task
+
+    sent: list = []
+
+    class Events:  # the progress actor's handle, as a task sees it
+        class put:
+            remote = staticmethod(sent.append)
+
+    run = plan(_config(tmp_path, model_file))[0]
+    outcome = _task(None, run, None, str(tmp_path / "not-mounted"), 1, Events)
+    assert outcome.result is None and outcome.fault is None  # the run fails; the study goes on
+    assert "is not on this node" in outcome.error and sent[0][:2] == (run.run_id, "started")

@@ -5,7 +5,6 @@ fresh interpreter running this module, so the script that started the study is n
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from multiprocessing.connection import Client
 
@@ -14,7 +13,7 @@ KEY_VARIABLE = "FAIRCOMPRESS_POOL_KEY"
 
 def main(address: str) -> None:
     from . import quiet
-    from .worker import RelayHooks, execute, set_threads
+    from .worker import RelayHooks, execute, torch_threads, worker_name
 
     conn = Client(address, family="AF_UNIX", authkey=bytes.fromhex(os.environ.pop(KEY_VARIABLE)))
     cfg, data, out = conn.recv()
@@ -22,9 +21,9 @@ def main(address: str) -> None:
     send = conn.send
     while (job := conn.recv()) is not None:
         run, threads = job
-        set_threads(threads)
-        send((run.run_id, "started", f"{socket.gethostname()}:{os.getpid()}"))
-        outcome = execute(cfg, run, data, out, RelayHooks(run.run_id, send))
+        send((run.run_id, "started", worker_name()))
+        with torch_threads(threads):
+            outcome = execute(cfg, run, data, out, RelayHooks(run.run_id, send))
         send((run.run_id, "outcome", outcome))
 
 

@@ -9,7 +9,7 @@ import fcntl
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 
 class QuietLock:
@@ -20,9 +20,6 @@ class QuietLock:
         self._main = open(folder / "faircompress-quiet.lock", "a+")
         self._intent = open(folder / "faircompress-quiet-intent.lock", "a+")
         self._shared = False
-
-    def _set(self, fh: IO[str], op: int) -> None:
-        fcntl.flock(fh, op)
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -45,26 +42,26 @@ class QuietLock:
         held = self._shared
         if held:
             self._release_shared()
-        self._set(self._intent, fcntl.LOCK_EX)
+        fcntl.flock(self._intent, fcntl.LOCK_EX)
         try:
-            self._set(self._main, fcntl.LOCK_EX)
+            fcntl.flock(self._main, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                self._set(self._main, fcntl.LOCK_UN)
+                fcntl.flock(self._main, fcntl.LOCK_UN)
         finally:
-            self._set(self._intent, fcntl.LOCK_UN)
+            fcntl.flock(self._intent, fcntl.LOCK_UN)
             if held:
                 self._take_shared()
 
     def _take_shared(self) -> None:
-        self._set(self._intent, fcntl.LOCK_SH)  # waits while a timing has announced itself
-        self._set(self._intent, fcntl.LOCK_UN)
-        self._set(self._main, fcntl.LOCK_SH)
+        fcntl.flock(self._intent, fcntl.LOCK_SH)  # waits while a timing has announced itself
+        fcntl.flock(self._intent, fcntl.LOCK_UN)
+        fcntl.flock(self._main, fcntl.LOCK_SH)
         self._shared = True
 
     def _release_shared(self) -> None:
-        self._set(self._main, fcntl.LOCK_UN)
+        fcntl.flock(self._main, fcntl.LOCK_UN)
         self._shared = False
 
 

@@ -3,11 +3,13 @@ a Ray task): execute it, and hand back an `Outcome` for the driver, the store's 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..atomic import EnvironmentFault
 from ..config import StudyConfig
@@ -28,23 +30,21 @@ class Outcome:
     error: str | None = None
     trace: str | None = None
     fault: EnvironmentFault | None = None
-    worker: str = ""
 
 
 def execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> Outcome:
     """Run one planned run; exceptions become a failed outcome. The artefact's checksum is taken here,
     where the file was written."""
-    worker = f"{os.uname().nodename}:{os.getpid()}"
     try:
         with quiet_lock().running():
             result = _execute(cfg, run, data, out, hooks)
         result.artefact_sha256 = file_sha256(result.artefact)
         result.artefact = str(Path(result.artefact).relative_to(out))
-        return Outcome(run.run_id, result=result, worker=worker)
+        return Outcome(run.run_id, result=result)
     except EnvironmentFault as e:
-        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", fault=e, worker=worker)
+        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", fault=e)
     except Exception as e:  # a failed run is recorded; the study carries on
-        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=8), worker=worker)
+        return Outcome(run.run_id, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=8))
 
 
 def _execute(cfg: StudyConfig, run: PlannedRun, data: FaceDataset, out: Path, hooks: Hooks) -> RunResult:
@@ -84,9 +84,22 @@ class RelayHooks(Hooks):
             self.send((self.run_id, "batch", (epoch, done, total)))
 
 
-def set_threads(threads: int) -> None:
-    """PyTorch's intra-op threads for this process's runs (0: leave PyTorch's default)."""
-    if threads:
-        import torch
+def worker_name() -> str:
+    """This process as progress and the tests name it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-        torch.set_num_threads(threads)
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op threads for a run, restored after it (0: leave PyTorch's default)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

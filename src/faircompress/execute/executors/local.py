@@ -11,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from multiprocessing.connection import Connection, Listener, wait
-from typing import Any, Iterator
+from typing import Any
 
 from ...atomic import EnvironmentFault
 from ...config import ExecutionConfig
@@ -22,7 +22,7 @@ from .. import EXECUTORS
 from ..driver import Batch, Driver
 from ..graph import Schedule
 from ..pool_worker import KEY_VARIABLE
-from ..worker import Outcome, execute
+from ..worker import Outcome, execute, torch_threads
 
 
 class WorkerError(EnvironmentFault):
@@ -60,27 +60,12 @@ class LocalExecutor:
         if self.workers == 1:
             for run in batch.runs:  # plan order: every run after the runs it depends on
                 driver.started(run)
-                with _torch_threads(self.threads_for(run)):
+                with torch_threads(self.threads_for(run)):
                     outcome = execute(batch.cfg, run, batch.data, batch.out, driver.hooks)
                 driver.finished(run, outcome)
             return
         with WorkerPool(self, batch) as pool:
             pool.run_all(driver)
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    if not threads:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class WorkerPool:

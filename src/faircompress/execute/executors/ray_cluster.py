@@ -6,7 +6,6 @@ records every outcome. A task whose worker dies is started again up to `executio
 Ray is an optional extra (pip install 'faircompress[ray]'), imported only here."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from ...plan import RunKind
 from .. import EXECUTORS, quiet
 from ..driver import Batch, Driver
 from ..graph import dependencies
-from ..worker import Outcome, RelayHooks, execute, set_threads
+from ..worker import Outcome, RelayHooks, execute, torch_threads, worker_name
 
 
 class RayError(ConfigError):
@@ -117,16 +116,15 @@ def _outcome(ray: Any, ref: Any, run_id: str) -> Outcome:
 def _task(cfg, run, data, out: str, threads: int, events, *done_before: Outcome) -> Outcome:
     """One run in a Ray worker process (the outcomes it waited for are not needed, only their being done)."""
     study = Path(out)
-    pid = os.getpid()
     send = events.put.remote  # not waited for (`Events`)
-    send((run.run_id, "started", f"{socket.gethostname()}:{pid}"))
+    send((run.run_id, "started", worker_name()))
     if not (study / "results.sqlite").exists():
         return Outcome(run.run_id, error=f"the study directory {study} is not on this node ({socket.gethostname()}): put it on a "
-                       "filesystem every node mounts at the same path", fault=False)
-    set_threads(threads)
+                       "filesystem every node mounts at the same path")
     if not isinstance(quiet.current(), quiet.QuietLock):
         quiet.install(quiet.QuietLock())
-    return execute(cfg, run, data, study, RelayHooks(run.run_id, send))
+    with torch_threads(threads):
+        return execute(cfg, run, data, study, RelayHooks(run.run_id, send))
 
 
 def _connect(address: str | None) -> Any:
